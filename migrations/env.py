@@ -1,0 +1,50 @@
+"""Alembic environment. The URL comes from the caller (`ticketing.migrations`) or DATABASE_URL."""
+
+from __future__ import annotations
+
+from logging.config import fileConfig
+
+import sqlalchemy as sa
+from alembic import context
+
+from ticketing.domain import models
+from ticketing.settings import get_settings
+
+config = context.config
+target_metadata = models.SQLModel.metadata
+
+if config.config_file_name is not None and config.attributes.get("configure_logging", True):
+    fileConfig(config.config_file_name)
+
+
+def database_url() -> str:
+    url = config.get_main_option("sqlalchemy.url") or get_settings().database_url
+    if not url:
+        raise SystemExit("Set DATABASE_URL to the database to migrate.")
+    return url
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=database_url(), target_metadata=target_metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        context.configure(connection=connection, target_metadata=target_metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    engine = sa.create_engine(database_url(), poolclass=sa.NullPool)
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=target_metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,224 @@
+"""Fixtures: a real PostgreSQL (TEST_DATABASE_URL, or an embedded server in a temporary
+directory), a migrated database per test session, and an HTTP client speaking GraphQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from starlette.testclient import TestClient
+
+from ticketing import migrations
+from ticketing.api.ids import to_global_id
+from ticketing.app import create_app
+from ticketing.auth import mint_token
+from ticketing.db import create_db_engine
+from ticketing.settings import Settings
+
+JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+TABLES = "reservation_change, reservation, event"
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A URL of a PostgreSQL server's maintenance database (`postgres`)."""
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    socket_dir = make_url(server.get_uri()).query["host"]
+    yield f"postgresql+psycopg2://postgres@/postgres?host={socket_dir}"
+    server.cleanup()
+
+
+class Databases:
+    """Creates throwaway databases on the test server and drops them at the end."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self.admin = sa.create_engine(
+            server_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
+        )
+        self.created: list[str] = []
+
+    def create(self) -> str:
+        name = f"ticketing_test_{uuid.uuid4().hex[:12]}"
+        with self.admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        self.created.append(name)
+        return make_url(self.server_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        with self.admin.connect() as connection:
+            for name in self.created:
+                connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self.admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def databases(server_url: str) -> Iterator[Databases]:
+    made = Databases(server_url)
+    yield made
+    made.drop_all()
+
+
+@pytest.fixture(scope="session")
+def database_url(databases: Databases) -> str:
+    url = databases.create()
+    engine = create_db_engine(url)
+    migrations.upgrade(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    made = create_db_engine(database_url)
+    yield made
+    made.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _clean_tables(request: pytest.FixtureRequest) -> None:
+    if "engine" not in request.fixturenames:
+        return
+    engine: Engine = request.getfixturevalue("engine")
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    return Settings(database_url=database_url, jwt_secret=JWT_SECRET, **overrides)
+
+
+@pytest.fixture
+def client(database_url: str, engine: Engine) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(database_url))) as made:
+        yield made
+
+
+def token(subject: str = "alice", *, organizer: bool = False) -> str:
+    return mint_token(
+        JWT_SECRET, subject, roles=["organizer"] if organizer else [], ttl=timedelta(hours=1)
+    )
+
+
+def auth(subject: str = "alice", *, organizer: bool = False) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(subject, organizer=organizer)}"}
+
+
+ORGANIZER = auth("olivia", organizer=True)
+
+
+def gql(
+    client: TestClient | httpx.Client,
+    query: str,
+    variables: dict[str, Any] | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    expect_status: int = 200,
+) -> dict[str, Any]:
+    response = client.post(
+        "/graphql", json={"query": query, "variables": variables}, headers=headers or {}
+    )
+    assert response.status_code == expect_status, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def data(client: TestClient, query: str, variables: dict[str, Any] | None = None, **kw: Any) -> Any:
+    """The `data` of a response that must have no top-level errors."""
+    body = gql(client, query, variables, **kw)
+    assert "errors" not in body, body["errors"]
+    return body["data"]
+
+
+def insert_event(
+    engine: Engine,
+    *,
+    name: str = "Concert",
+    venue: str = "Hall",
+    capacity: int = 10,
+    tickets_available: int | None = None,
+    starts_in: timedelta = timedelta(days=7),
+    max_tickets_per_customer: int | None = None,
+    status: str = "ON_SALE",
+) -> str:
+    """An event straight in the database (also ones the API can't make: started, cancelled)."""
+    with engine.begin() as connection:
+        key = connection.scalar(
+            sa.text(
+                "INSERT INTO event (name, venue, starts_at, capacity, tickets_available,"
+                " max_tickets_per_customer, status) VALUES (:name, :venue, :starts_at,"
+                " :capacity, :available, :limit, :status) RETURNING id"
+            ),
+            {
+                "name": name,
+                "venue": venue,
+                "starts_at": datetime.now(UTC) + starts_in,
+                "capacity": capacity,
+                "available": capacity if tickets_available is None else tickets_available,
+                "limit": max_tickets_per_customer,
+                "status": status,
+            },
+        )
+    return to_global_id("Event", key)
+
+
+def start_event_now(engine: Engine, event_id: str) -> None:
+    """Move an event's start into the past, as time passing would."""
+    from ticketing.api.ids import key_of
+
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE event SET starts_at = now() - interval '1 minute' WHERE id = :id"),
+            {"id": key_of(event_id, "Event")},
+        )
+
+
+def invariant_violations(engine: Engine) -> list[Any]:
+    """Events where available + active reservations != capacity (should be none)."""
+    with engine.connect() as connection:
+        return list(
+            connection.execute(
+                sa.text(
+                    "SELECT e.id, e.capacity, e.tickets_available, COALESCE(SUM(r.quantity), 0)"
+                    " FROM event e LEFT JOIN reservation r"
+                    " ON r.event_id = e.id AND r.status = 'ACTIVE'"
+                    " GROUP BY e.id HAVING e.tickets_available + COALESCE(SUM(r.quantity), 0)"
+                    " <> e.capacity OR e.tickets_available < 0"
+                    " OR e.tickets_available > e.capacity"
+                )
+            )
+        )
+
+
+def table_counts(engine: Engine) -> dict[str, int]:
+    with engine.connect() as connection:
+        return {
+            table: connection.scalar(sa.text(f"SELECT count(*) FROM {table}"))
+            for table in ("event", "reservation", "reservation_change")
+        }
+
+
+def snapshot(engine: Engine) -> list[Any]:
+    """Everything in the database, to prove a refused request changed nothing."""
+    with engine.connect() as connection:
+        return [
+            list(connection.execute(sa.text(f"SELECT * FROM {table} ORDER BY id")))
+            for table in ("event", "reservation", "reservation_change")
+        ]
+
+
+ROOT = Path(__file__).resolve().parent.parent

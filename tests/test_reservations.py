@@ -1,0 +1,307 @@
+"""Reservations over GraphQL: each mutation's success and every typed refusal."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+from starlette.testclient import TestClient
+
+from tests.conftest import (
+    ORGANIZER,
+    auth,
+    data,
+    gql,
+    insert_event,
+    invariant_violations,
+    snapshot,
+    start_event_now,
+)
+
+COMMON = """
+    __typename
+    ... on ReservationPayload {
+        reservation { id quantity status cancelledAt customer
+                      history { kind quantity actor createdAt } }
+        event { id ticketsAvailable }
+    }
+    ... on Error { message }
+    ... on NotFound { id }
+"""
+PAYLOAD = (
+    COMMON
+    + """
+    ... on InvalidQuantity { min max }
+    ... on NotEnoughTickets { requested available }
+    ... on CustomerLimitReached { limit held }
+"""
+)
+CREATE = f"""mutation($input: CreateReservationInput!) {{
+    createReservation(input: $input) {{ {PAYLOAD} }} }}"""
+UPDATE = f"""mutation($input: UpdateReservationInput!) {{
+    updateReservation(input: $input) {{ {PAYLOAD} }} }}"""
+CANCEL = f"""mutation($input: CancelReservationInput!) {{
+    cancelReservation(input: $input) {{ {COMMON} }} }}"""
+
+
+def create(client: TestClient, event_id: str, quantity: int, who: str = "alice") -> Any:
+    return data(
+        client, CREATE, {"input": {"eventId": event_id, "quantity": quantity}}, headers=auth(who)
+    )["createReservation"]
+
+
+def update(
+    client: TestClient, reservation_id: str, operation: str, quantity: int, who: str = "alice"
+) -> Any:
+    variables = {
+        "input": {"reservationId": reservation_id, "operation": operation, "quantity": quantity}
+    }
+    return data(client, UPDATE, variables, headers=auth(who))["updateReservation"]
+
+
+def cancel(client: TestClient, reservation_id: str, headers: dict[str, str] | None = None) -> Any:
+    return data(
+        client,
+        CANCEL,
+        {"input": {"reservationId": reservation_id}},
+        headers=headers or auth("alice"),
+    )["cancelReservation"]
+
+
+def test_create_reservation_takes_tickets_and_records_history(
+    client: TestClient, engine: Engine
+) -> None:
+    event_id = insert_event(engine, capacity=10)
+    result = create(client, event_id, 3)
+    assert result["__typename"] == "ReservationPayload"
+    assert result["reservation"]["quantity"] == 3
+    assert result["reservation"]["status"] == "ACTIVE"
+    assert result["reservation"]["customer"] == "alice"
+    assert result["event"] == {"id": event_id, "ticketsAvailable": 7}
+    assert [(c["kind"], c["quantity"], c["actor"]) for c in result["reservation"]["history"]] == [
+        ("CREATED", 3, "alice")
+    ]
+    assert invariant_violations(engine) == []
+
+
+def test_increase_and_decrease_move_tickets(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine, capacity=10)
+    reservation_id = create(client, event_id, 2)["reservation"]["id"]
+    increased = update(client, reservation_id, "INCREASE", 5)
+    assert increased["reservation"]["quantity"] == 7
+    assert increased["event"]["ticketsAvailable"] == 3
+    decreased = update(client, reservation_id, "DECREASE", 4)
+    assert decreased["reservation"]["quantity"] == 3
+    assert decreased["event"]["ticketsAvailable"] == 7
+    assert [(c["kind"], c["quantity"]) for c in decreased["reservation"]["history"]] == [
+        ("CREATED", 2),
+        ("INCREASED", 5),
+        ("DECREASED", 4),
+    ]
+    assert invariant_violations(engine) == []
+
+
+def test_cancel_releases_tickets_and_a_retry_returns_it_unchanged(
+    client: TestClient, engine: Engine
+) -> None:
+    event_id = insert_event(engine, capacity=10)
+    reservation_id = create(client, event_id, 4)["reservation"]["id"]
+    cancelled = cancel(client, reservation_id)
+    assert cancelled["reservation"]["status"] == "CANCELLED"
+    assert cancelled["reservation"]["cancelledAt"] is not None
+    assert cancelled["event"]["ticketsAvailable"] == 10
+    before = snapshot(engine)
+    again = cancel(client, reservation_id)
+    assert again == cancelled
+    assert snapshot(engine) == before
+    assert [c["kind"] for c in again["reservation"]["history"]] == ["CREATED", "CANCELLED"]
+
+
+def test_not_enough_tickets(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine, capacity=5)
+    reservation_id = create(client, event_id, 4)["reservation"]["id"]
+    before = snapshot(engine)
+    refused = create(client, event_id, 2, who="bob")
+    assert refused["__typename"] == "NotEnoughTickets"
+    assert (refused["requested"], refused["available"]) == (2, 1)
+    refused = update(client, reservation_id, "INCREASE", 2)
+    assert refused["__typename"] == "NotEnoughTickets"
+    assert (refused["requested"], refused["available"]) == (2, 1)
+    assert snapshot(engine) == before
+
+
+def test_customer_limit_counts_all_active_reservations(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine, capacity=50, max_tickets_per_customer=4)
+    first = create(client, event_id, 3)["reservation"]["id"]
+    before = snapshot(engine)
+    refused = create(client, event_id, 2)
+    assert refused["__typename"] == "CustomerLimitReached"
+    assert (refused["limit"], refused["held"]) == (4, 3)
+    refused = update(client, first, "INCREASE", 2)
+    assert refused["__typename"] == "CustomerLimitReached"
+    assert snapshot(engine) == before
+    # Another customer has their own allowance; cancelled tickets no longer count.
+    assert create(client, event_id, 4, who="bob")["__typename"] == "ReservationPayload"
+    cancel(client, first)
+    assert create(client, event_id, 4)["__typename"] == "ReservationPayload"
+
+
+@pytest.mark.parametrize("quantity", [0, -1, -2147483648])
+def test_non_positive_quantities_are_invalid(
+    client: TestClient, engine: Engine, quantity: int
+) -> None:
+    event_id = insert_event(engine)
+    reservation_id = create(client, event_id, 2)["reservation"]["id"]
+    before = snapshot(engine)
+    for result in (
+        create(client, event_id, quantity),
+        update(client, reservation_id, "INCREASE", quantity),
+        update(client, reservation_id, "DECREASE", quantity),
+    ):
+        assert result["__typename"] == "InvalidQuantity"
+        assert result["min"] == 1
+    assert snapshot(engine) == before
+
+
+def test_huge_quantity_is_not_enough_tickets(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine)
+    before = snapshot(engine)
+    refused = create(client, event_id, 2147483647)
+    assert refused["__typename"] == "NotEnoughTickets"
+    assert snapshot(engine) == before
+
+
+def test_decrease_must_leave_a_ticket(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine)
+    reservation_id = create(client, event_id, 3)["reservation"]["id"]
+    before = snapshot(engine)
+    for quantity in (3, 4):
+        refused = update(client, reservation_id, "DECREASE", quantity)
+        assert refused["__typename"] == "InvalidQuantity"
+        assert (refused["min"], refused["max"]) == (1, 2)
+        assert "cancel" in refused["message"]
+    assert snapshot(engine) == before
+
+
+def test_cancelled_reservation_cannot_change(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine)
+    reservation_id = create(client, event_id, 3)["reservation"]["id"]
+    cancel(client, reservation_id)
+    before = snapshot(engine)
+    for operation in ("INCREASE", "DECREASE"):
+        assert update(client, reservation_id, operation, 1)["__typename"] == "ReservationCancelled"
+    assert snapshot(engine) == before
+
+
+def test_cancelled_event_takes_no_reservations(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine, status="CANCELLED")
+    before = snapshot(engine)
+    assert create(client, event_id, 1)["__typename"] == "EventCancelled"
+    assert snapshot(engine) == before
+
+
+def test_started_event_freezes_its_reservations(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine)
+    reservation_id = create(client, event_id, 3)["reservation"]["id"]
+    start_event_now(engine, event_id)
+    before = snapshot(engine)
+    assert create(client, event_id, 1)["__typename"] == "EventStarted"
+    assert update(client, reservation_id, "INCREASE", 1)["__typename"] == "EventStarted"
+    assert update(client, reservation_id, "DECREASE", 1)["__typename"] == "EventStarted"
+    assert cancel(client, reservation_id)["__typename"] == "EventStarted"
+    assert cancel(client, reservation_id, ORGANIZER)["__typename"] == "EventStarted"
+    assert snapshot(engine) == before
+
+
+def test_unknown_and_malformed_ids_are_not_found(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine)
+    reservation_id = create(client, event_id, 1)["reservation"]["id"]
+    before = snapshot(engine)
+    missing_event = "RXZlbnQ6OTk5OTk"  # Event:99999
+    for bad in (missing_event, "not-an-id", "", reservation_id, "RXZlbnQ6LTE"):
+        refused = create(client, bad, 1)
+        assert refused["__typename"] == "NotFound", bad
+        assert refused["id"] == bad
+    for bad in (event_id, "garbage", "UmVzZXJ2YXRpb246OTk5OTk"):
+        assert update(client, bad, "INCREASE", 1)["__typename"] == "NotFound"
+        assert cancel(client, bad)["__typename"] == "NotFound"
+    assert snapshot(engine) == before
+
+
+def test_someone_elses_reservation_is_not_found(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine)
+    reservation_id = create(client, event_id, 2)["reservation"]["id"]
+    before = snapshot(engine)
+    assert update(client, reservation_id, "INCREASE", 1, who="mallory")["__typename"] == "NotFound"
+    assert update(client, reservation_id, "DECREASE", 1, who="mallory")["__typename"] == "NotFound"
+    assert cancel(client, reservation_id, auth("mallory"))["__typename"] == "NotFound"
+    query = "query($id: ID!) { reservation(id: $id) { id } node(id: $id) { id } }"
+    assert data(client, query, {"id": reservation_id}, headers=auth("mallory")) == {
+        "reservation": None,
+        "node": None,
+    }
+    assert snapshot(engine) == before
+    # Organizers may see and cancel it, but not change its quantity.
+    assert data(client, query, {"id": reservation_id}, headers=ORGANIZER)["reservation"]
+    assert update(client, reservation_id, "INCREASE", 1, who="olivia")["__typename"] == "NotFound"
+    cancelled = cancel(client, reservation_id, ORGANIZER)
+    assert cancelled["reservation"]["history"][-1]["actor"] == "olivia"
+
+
+def test_mutations_need_a_token(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine)
+    before = snapshot(engine)
+    body = gql(client, CREATE, {"input": {"eventId": event_id, "quantity": 1}}, expect_status=401)
+    assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    assert snapshot(engine) == before
+
+
+@pytest.mark.parametrize(
+    ("variables", "fragment"),
+    [
+        ({"input": {"eventId": "x"}}, "quantity"),
+        ({"input": {"eventId": "x", "quantity": 2147483648}}, "32-bit"),
+        ({"input": {"eventId": "x", "quantity": "two"}}, "Int"),
+        ({"input": {"eventId": 5, "quantity": 1.5}}, "Int"),
+        ({"input": {"eventId": None, "quantity": 1}}, "eventId"),
+        ({}, "input"),
+    ],
+)
+def test_malformed_input_is_a_clear_request_error(
+    client: TestClient, engine: Engine, variables: dict[str, Any], fragment: str
+) -> None:
+    insert_event(engine)
+    before = snapshot(engine)
+    body = gql(client, CREATE, variables, headers=auth())
+    assert "data" not in body
+    [error] = body["errors"]
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert fragment in error["message"]
+    assert snapshot(engine) == before
+
+
+def test_wrong_enum_value_is_a_validation_error(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine)
+    reservation_id = create(client, event_id, 1)["reservation"]["id"]
+    body = gql(
+        client,
+        "mutation($id: ID!) { updateReservation(input: {reservationId: $id, operation: DOUBLE,"
+        " quantity: 1}) { __typename } }",
+        {"id": reservation_id},
+        headers=auth(),
+    )
+    assert body["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    assert "DOUBLE" in body["errors"][0]["message"]
+
+
+def test_timeline_of_a_reservation_is_append_only(client: TestClient, engine: Engine) -> None:
+    import sqlalchemy as sa
+
+    event_id = insert_event(engine, starts_in=timedelta(days=1))
+    create(client, event_id, 1)
+    with pytest.raises(sa.exc.DBAPIError, match="append-only"), engine.begin() as connection:
+        connection.execute(sa.text("UPDATE reservation_change SET quantity = 5"))
+    with pytest.raises(sa.exc.DBAPIError, match="append-only"), engine.begin() as connection:
+        connection.execute(sa.text("DELETE FROM reservation_change"))

@@ -1,0 +1,1 @@
+"""Ticketing: a GraphQL API for browsing events and reserving tickets without overselling."""

@@ -1,0 +1,1 @@
+"""The GraphQL layer: translates between the schema and the domain core, nothing more."""

@@ -1,0 +1,72 @@
+"""What every resolver gets: the database, the viewer, the request id and per-request loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import strawberry
+from graphql import GraphQLError
+from sqlmodel import Session
+from strawberry.dataloader import DataLoader
+
+from ticketing.api.errors import ErrorCode, request_error
+from ticketing.db import Database
+from ticketing.domain import catalog
+from ticketing.domain.booking import Actor
+from ticketing.domain.models import Event, ReservationChange
+
+T = TypeVar("T")
+
+
+@dataclass
+class Context:
+    db: Database
+    viewer: Actor | None
+    request_id: str
+    loaders: Loaders = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loaders = Loaders(self.db)
+
+    def require_viewer(self) -> Actor:
+        if self.viewer is None:
+            raise unauthenticated()
+        return self.viewer
+
+    def require_organizer(self) -> Actor:
+        viewer = self.require_viewer()
+        if not viewer.is_organizer:
+            raise request_error(ErrorCode.FORBIDDEN, "Only organizers may do this.")
+        return viewer
+
+
+def unauthenticated() -> GraphQLError:
+    return request_error(
+        ErrorCode.UNAUTHENTICATED, "Sign in: send 'Authorization: Bearer <token>'."
+    )
+
+
+class Loaders:
+    """Batch the lookups that lists of objects make, one query per kind (no N+1)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.event = DataLoader[int, Event | None](self._load_events)
+        self.history = DataLoader[int, list[ReservationChange]](self._load_history)
+
+    async def _load_events(self, ids: list[int]) -> list[Event | None]:
+        found = await self._db.run(_bound(catalog.events_by_id, ids))
+        return [found.get(key) for key in ids]
+
+    async def _load_history(self, ids: list[int]) -> list[list[ReservationChange]]:
+        found = await self._db.run(_bound(catalog.history_of, ids))
+        return [found.get(key, []) for key in ids]
+
+
+def _bound(query: Callable[[Session, list[int]], T], ids: list[int]) -> Callable[[Session], T]:
+    return lambda session: query(session, ids)
+
+
+Info = strawberry.Info[Context, None]

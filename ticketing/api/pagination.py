@@ -1,0 +1,109 @@
+"""Relay cursor connections with opaque keyset cursors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+import strawberry
+
+from ticketing.api.errors import ErrorCode, request_error
+
+NodeT = TypeVar("NodeT")
+RowT = TypeVar("RowT")
+
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+
+FIRST_DESCRIPTION = f"How many items to return, from 1 to {MAX_PAGE_SIZE}."
+AFTER_DESCRIPTION = "Return the items after this cursor (an `endCursor` or edge `cursor`)."
+
+
+@strawberry.type(description="Where a page sits in its connection (Relay connection spec).")
+class PageInfo:
+    has_next_page: bool = strawberry.field(description="Whether more items follow this page.")
+    has_previous_page: bool = strawberry.field(
+        description="Whether items precede this page (true when the page was asked for `after` "
+        "a cursor)."
+    )
+    start_cursor: str | None = strawberry.field(
+        description="The cursor of the first item on this page; null for an empty page."
+    )
+    end_cursor: str | None = strawberry.field(
+        description="The cursor of the last item on this page: pass it as `after` for the next "
+        "page. Null for an empty page."
+    )
+
+
+@strawberry.type(description="One item of a connection with its cursor.")
+class Edge(Generic[NodeT]):
+    cursor: str = strawberry.field(description="An opaque position to paginate from.")
+    node: NodeT = strawberry.field(description="The item.")
+
+
+@strawberry.type(
+    description="A page of items in a stable order, with cursors to fetch the next page."
+)
+class Connection(Generic[NodeT]):
+    edges: list[Edge[NodeT]] = strawberry.field(description="The items on this page.")
+    page_info: PageInfo = strawberry.field(description="Pagination state of this page.")
+    count: strawberry.Private[Callable[[], Awaitable[int]]]
+
+    @strawberry.field(description="How many items match, over all pages.")
+    async def total_count(self) -> int:
+        return await self.count()
+
+
+def check_page_size(first: int) -> int:
+    if not 1 <= first <= MAX_PAGE_SIZE:
+        raise request_error(
+            ErrorCode.BAD_USER_INPUT, f"`first` must be between 1 and {MAX_PAGE_SIZE}."
+        )
+    return first
+
+
+def encode_cursor(position: Sequence[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(position)).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> list[Any]:
+    """The position inside a cursor; a BAD_USER_INPUT error for anything not made by us."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        position = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (UnicodeError, binascii.Error, ValueError):
+        position = None
+    if not isinstance(position, list):
+        raise invalid_cursor()
+    return position
+
+
+def invalid_cursor() -> Exception:
+    return request_error(ErrorCode.BAD_USER_INPUT, "`after` is not a valid cursor here.")
+
+
+def build_connection(
+    rows: Sequence[RowT],
+    page_size: int,
+    *,
+    to_node: Callable[[RowT], NodeT],
+    position_of: Callable[[RowT], Sequence[Any]],
+    count: Callable[[], Awaitable[int]],
+    after_given: bool,
+) -> Connection[NodeT]:
+    """`rows` holds up to page_size + 1 rows: the extra one only tells that more follow."""
+    page = rows[:page_size]
+    edges = [Edge(cursor=encode_cursor(position_of(row)), node=to_node(row)) for row in page]
+    return Connection(
+        edges=edges,
+        page_info=PageInfo(
+            has_next_page=len(rows) > page_size,
+            has_previous_page=after_given,
+            start_cursor=edges[0].cursor if edges else None,
+            end_cursor=edges[-1].cursor if edges else None,
+        ),
+        count=count,
+    )

@@ -1,0 +1,197 @@
+"""The Query root."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Any
+
+import strawberry
+
+from ticketing.api.context import Info
+from ticketing.api.ids import key_of, parse_global_id
+from ticketing.api.pagination import (
+    AFTER_DESCRIPTION,
+    DEFAULT_PAGE_SIZE,
+    FIRST_DESCRIPTION,
+    Connection,
+    build_connection,
+    check_page_size,
+    decode_cursor,
+    invalid_cursor,
+)
+from ticketing.api.types import (
+    Event,
+    Node,
+    Reservation,
+    ReservationStatus,
+    reservation_connection,
+)
+from ticketing.domain import catalog
+from ticketing.domain.booking import Actor
+
+
+@strawberry.enum(description="Orders for the `events` list.")
+class EventOrder(enum.Enum):
+    STARTS_AT_ASC = strawberry.enum_value("STARTS_AT_ASC", description="Soonest first.")
+    STARTS_AT_DESC = strawberry.enum_value("STARTS_AT_DESC", description="Latest first.")
+    NAME_ASC = strawberry.enum_value("NAME_ASC", description="By name, A to Z.")
+
+
+@strawberry.input(description="Narrows the `events` list; all given conditions must hold.")
+class EventFilter:
+    starts_after: datetime | None = strawberry.field(
+        default=None,
+        description="Only events starting after this time. Defaults to now: events that have "
+        "started are left out unless this is set to an earlier time.",
+    )
+    starts_before: datetime | None = strawberry.field(
+        default=None, description="Only events starting before this time."
+    )
+    search: str | None = strawberry.field(
+        default=None,
+        description="Only events whose name or venue contains this text (case-insensitive).",
+    )
+    available_only: bool = strawberry.field(
+        default=False, description="Only events on sale with at least one ticket available."
+    )
+
+
+@strawberry.type(description="Read the catalogue of events and your reservations.")
+class Query:
+    @strawberry.field(description="Fetch any object by its global ID; null if none is visible.")
+    async def node(
+        self,
+        info: Info,
+        id: Annotated[strawberry.ID, strawberry.argument(description="A global ID.")],
+    ) -> Node | None:
+        parsed = parse_global_id(id)
+        if parsed is None:
+            return None
+        type_name, key = parsed
+        if type_name == "Event":
+            return await _event(info, key)
+        if type_name == "Reservation":
+            return await _reservation(info, key)
+        return None
+
+    @strawberry.field(description="An event by ID; null if there is none.")
+    async def event(
+        self,
+        info: Info,
+        id: Annotated[strawberry.ID, strawberry.argument(description="The event's global ID.")],
+    ) -> Event | None:
+        key = key_of(id, "Event")
+        return None if key is None else await _event(info, key)
+
+    @strawberry.field(
+        description="A reservation by ID; null if there is none or it is someone else's "
+        "(organizers see all)."
+    )
+    async def reservation(
+        self,
+        info: Info,
+        id: Annotated[
+            strawberry.ID, strawberry.argument(description="The reservation's global ID.")
+        ],
+    ) -> Reservation | None:
+        key = key_of(id, "Reservation")
+        return None if key is None else await _reservation(info, key)
+
+    @strawberry.field(
+        description="Browse events. By default: events that have not started, soonest first."
+    )
+    async def events(
+        self,
+        info: Info,
+        first: Annotated[int, strawberry.argument(description=FIRST_DESCRIPTION)] = (
+            DEFAULT_PAGE_SIZE
+        ),
+        after: Annotated[str | None, strawberry.argument(description=AFTER_DESCRIPTION)] = None,
+        filter: Annotated[
+            EventFilter | None, strawberry.argument(description="Conditions on the events.")
+        ] = None,
+        order_by: Annotated[
+            EventOrder, strawberry.argument(description="The order of the list.")
+        ] = EventOrder.STARTS_AT_ASC,
+    ) -> Connection[Event]:
+        check_page_size(first)
+        order = catalog.EventOrder[order_by.name]
+        position = _event_position(after, order) if after is not None else None
+        given = filter or EventFilter()
+        where = catalog.EventFilter(
+            starts_after=given.starts_after,
+            starts_before=given.starts_before,
+            search=given.search,
+            available_only=given.available_only,
+        )
+        rows = await info.context.db.run(
+            lambda session: catalog.list_events(session, where, order, position, first + 1)
+        )
+
+        async def count() -> int:
+            return await info.context.db.run(lambda session: catalog.count_events(session, where))
+
+        return build_connection(
+            rows,
+            first,
+            to_node=Event.from_model,
+            position_of=lambda row: [order.value, *_json_key(order.key_of(row))],
+            count=count,
+            after_given=after is not None,
+        )
+
+    @strawberry.field(description="The viewer's reservations, newest first. Requires a token.")
+    async def my_reservations(
+        self,
+        info: Info,
+        first: Annotated[int, strawberry.argument(description=FIRST_DESCRIPTION)] = (
+            DEFAULT_PAGE_SIZE
+        ),
+        after: Annotated[str | None, strawberry.argument(description=AFTER_DESCRIPTION)] = None,
+        status: Annotated[
+            ReservationStatus | None,
+            strawberry.argument(description="Only reservations with this status."),
+        ] = None,
+    ) -> Connection[Reservation]:
+        viewer = info.context.require_viewer()
+        return await reservation_connection(
+            info, first=first, after=after, status=status, customer_id=viewer.customer_id
+        )
+
+
+async def _event(info: Info, key: int) -> Event | None:
+    event = await info.context.loaders.event.load(key)
+    return None if event is None else Event.from_model(event)
+
+
+async def _reservation(info: Info, key: int) -> Reservation | None:
+    viewer = info.context.viewer
+    if viewer is None:
+        return None
+    found = await info.context.db.run(lambda session: catalog.reservations_by_id(session, [key]))
+    reservation = found.get(key)
+    if reservation is None or not _may_see(viewer, reservation.customer_id):
+        return None
+    return Reservation.from_model(reservation)
+
+
+def _may_see(viewer: Actor, owner: str) -> bool:
+    return viewer.is_organizer or viewer.customer_id == owner
+
+
+def _json_key(key: catalog.SortKey) -> list[Any]:
+    value, row_id = key
+    return [value.isoformat() if isinstance(value, datetime) else value, row_id]
+
+
+def _event_position(cursor: str, order: catalog.EventOrder) -> catalog.SortKey:
+    match decode_cursor(cursor):
+        case [str() as order_name, str() as value, int() as row_id] if order_name == order.value:
+            if order is catalog.EventOrder.NAME_ASC:
+                return (value, row_id)
+            try:
+                return (datetime.fromisoformat(value), row_id)
+            except ValueError:
+                pass
+    raise invalid_cursor()

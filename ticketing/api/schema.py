@@ -1,0 +1,78 @@
+"""The schema, and how unexpected failures are logged and hidden from clients."""
+
+from __future__ import annotations
+
+import logging
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import MaskErrors, ParserCache, ValidationCache
+from strawberry.types import ExecutionContext
+
+from ticketing.api.context import Context
+from ticketing.api.errors import ErrorCode
+from ticketing.api.mutations import Mutation
+from ticketing.api.queries import Query
+from ticketing.api.types import Event, Reservation
+
+logger = logging.getLogger("ticketing.graphql")
+
+INTERNAL_ERROR_MESSAGE = "Internal server error."
+
+
+def is_unexpected(error: GraphQLError) -> bool:
+    """A fault in the server, as opposed to a problem with the request (parse, validation,
+    input coercion) or an error raised on purpose, which the client must see."""
+    return error.original_error is not None and not isinstance(error.original_error, GraphQLError)
+
+
+def _request_id(execution_context: ExecutionContext | None) -> str | None:
+    context = execution_context.context if execution_context else None
+    return context.request_id if isinstance(context, Context) else None
+
+
+class MaskUnexpectedErrors(MaskErrors):
+    """Replace internal faults by a generic error that carries only the request id."""
+
+    def __init__(self) -> None:
+        super().__init__(should_mask_error=is_unexpected, error_message=INTERNAL_ERROR_MESSAGE)
+
+    def anonymise_error(self, error: GraphQLError) -> GraphQLError:
+        masked = super().anonymise_error(error)
+        masked.extensions = {
+            "code": ErrorCode.INTERNAL_SERVER_ERROR.value,
+            "requestId": _request_id(self.execution_context),
+        }
+        return masked
+
+
+class TicketingSchema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        # Requests' own mistakes are the client's to see, not ours to log.
+        for error in errors:
+            if is_unexpected(error):
+                logger.error(
+                    "Unexpected error in %s (request %s)",
+                    ".".join(map(str, error.path or [])) or "operation",
+                    _request_id(execution_context),
+                    exc_info=error.original_error,
+                )
+
+
+def build_schema() -> strawberry.Schema:
+    return TicketingSchema(
+        query=Query,
+        mutation=Mutation,
+        types=[Event, Reservation],
+        extensions=[
+            # Factories: the caches themselves are shared, bounded LRUs.
+            lambda: ParserCache(maxsize=1024),
+            lambda: ValidationCache(maxsize=1024),
+            MaskUnexpectedErrors,
+        ],
+    )
+
+
+schema = build_schema()

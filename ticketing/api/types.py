@@ -1,0 +1,239 @@
+"""Object types, enums and the Node interface."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated
+
+import strawberry
+
+from ticketing.api.context import Info
+from ticketing.api.ids import to_global_id
+from ticketing.api.pagination import (
+    AFTER_DESCRIPTION,
+    DEFAULT_PAGE_SIZE,
+    FIRST_DESCRIPTION,
+    Connection,
+    build_connection,
+    check_page_size,
+    decode_cursor,
+    invalid_cursor,
+)
+from ticketing.domain import catalog, models
+
+
+@strawberry.enum(description="Whether an event is selling tickets.")
+class EventStatus(enum.Enum):
+    ON_SALE = strawberry.enum_value(
+        "ON_SALE", description="Tickets can be reserved until the event starts."
+    )
+    CANCELLED = strawberry.enum_value(
+        "CANCELLED", description="Cancelled by an organizer; all its reservations were cancelled."
+    )
+
+
+@strawberry.enum(description="Whether a reservation holds tickets.")
+class ReservationStatus(enum.Enum):
+    ACTIVE = strawberry.enum_value("ACTIVE", description="Holds its tickets.")
+    CANCELLED = strawberry.enum_value(
+        "CANCELLED", description="Cancelled; its tickets went back on sale."
+    )
+
+
+@strawberry.enum(description="What a change did to a reservation.")
+class ReservationChangeKind(enum.Enum):
+    CREATED = strawberry.enum_value("CREATED", description="The reservation was made.")
+    INCREASED = strawberry.enum_value("INCREASED", description="Tickets were added.")
+    DECREASED = strawberry.enum_value("DECREASED", description="Tickets were given back.")
+    CANCELLED = strawberry.enum_value(
+        "CANCELLED", description="The reservation was cancelled, releasing all its tickets."
+    )
+
+
+@strawberry.interface(description="An object with a globally unique, opaque ID (Relay).")
+class Node:
+    id: strawberry.ID = strawberry.field(
+        description="The object's global ID; use it with `node(id:)`."
+    )
+
+
+@strawberry.type(description="One line of a reservation's history.")
+class ReservationChange:
+    kind: ReservationChangeKind = strawberry.field(description="What the change did.")
+    quantity: int = strawberry.field(
+        description="Tickets involved: the quantity created, added, given back or released."
+    )
+    actor: str = strawberry.field(
+        description="Who made the change: the subject of their token (the customer, or an "
+        "organizer)."
+    )
+    created_at: datetime = strawberry.field(description="When the change was made.")
+
+    @classmethod
+    def from_model(cls, change: models.ReservationChange) -> ReservationChange:
+        assert change.created_at is not None
+        return cls(
+            kind=ReservationChangeKind[change.kind.name],
+            quantity=change.quantity,
+            actor=change.actor,
+            created_at=change.created_at,
+        )
+
+
+@strawberry.type(description="Something people attend, with a fixed number of tickets.")
+class Event(Node):
+    name: str = strawberry.field(description="The event's name.")
+    description: str = strawberry.field(description="A longer text about the event; may be empty.")
+    venue: str = strawberry.field(description="Where the event takes place.")
+    starts_at: datetime = strawberry.field(
+        description="When the event starts; from then on no tickets are sold or changed."
+    )
+    ends_at: datetime | None = strawberry.field(description="When the event ends, if known.")
+    capacity: int = strawberry.field(description="The total number of tickets.")
+    tickets_available: int = strawberry.field(
+        description="Tickets not held by any active reservation."
+    )
+    max_tickets_per_customer: int | None = strawberry.field(
+        description="The most tickets one customer may hold for this event over all their "
+        "active reservations; null means no limit."
+    )
+    status: EventStatus = strawberry.field(description="Whether the event is on sale.")
+    created_at: datetime = strawberry.field(description="When the event was created.")
+    updated_at: datetime = strawberry.field(description="When the event last changed.")
+    key: strawberry.Private[int]
+
+    @classmethod
+    def from_model(cls, event: models.Event) -> Event:
+        assert event.id is not None
+        assert event.created_at is not None
+        assert event.updated_at is not None
+        return cls(
+            id=to_global_id("Event", event.id),
+            key=event.id,
+            name=event.name,
+            description=event.description,
+            venue=event.venue,
+            starts_at=event.starts_at,
+            ends_at=event.ends_at,
+            capacity=event.capacity,
+            tickets_available=event.tickets_available,
+            max_tickets_per_customer=event.max_tickets_per_customer,
+            status=EventStatus[event.status.name],
+            created_at=event.created_at,
+            updated_at=event.updated_at,
+        )
+
+    @strawberry.field(
+        description="The event's reservations, newest first. Organizers only (FORBIDDEN otherwise)."
+    )
+    async def reservations(
+        self,
+        info: Info,
+        first: Annotated[int, strawberry.argument(description=FIRST_DESCRIPTION)] = (
+            DEFAULT_PAGE_SIZE
+        ),
+        after: Annotated[str | None, strawberry.argument(description=AFTER_DESCRIPTION)] = None,
+        status: Annotated[
+            ReservationStatus | None,
+            strawberry.argument(description="Only reservations with this status."),
+        ] = None,
+    ) -> Connection[Reservation] | None:
+        info.context.require_organizer()
+        return await reservation_connection(
+            info, first=first, after=after, status=status, event_id=self.key
+        )
+
+
+@strawberry.type(description="A customer's hold on a number of tickets for one event.")
+class Reservation(Node):
+    quantity: int = strawberry.field(description="How many tickets the reservation holds.")
+    status: ReservationStatus = strawberry.field(
+        description="Whether the reservation holds its tickets."
+    )
+    customer: str = strawberry.field(
+        description="The customer who made it: the subject (`sub`) of their token."
+    )
+    created_at: datetime = strawberry.field(description="When the reservation was made.")
+    updated_at: datetime = strawberry.field(description="When the reservation last changed.")
+    cancelled_at: datetime | None = strawberry.field(
+        description="When the reservation was cancelled; null while it is active."
+    )
+    key: strawberry.Private[int]
+    event_key: strawberry.Private[int]
+
+    @classmethod
+    def from_model(cls, reservation: models.Reservation) -> Reservation:
+        assert reservation.id is not None
+        assert reservation.created_at is not None
+        assert reservation.updated_at is not None
+        return cls(
+            id=to_global_id("Reservation", reservation.id),
+            key=reservation.id,
+            event_key=reservation.event_id,
+            quantity=reservation.quantity,
+            status=ReservationStatus[reservation.status.name],
+            customer=reservation.customer_id,
+            created_at=reservation.created_at,
+            updated_at=reservation.updated_at,
+            cancelled_at=reservation.cancelled_at,
+        )
+
+    @strawberry.field(description="The event the tickets are for.")
+    async def event(self, info: Info) -> Event:
+        event = await info.context.loaders.event.load(self.event_key)
+        assert event is not None, "a reservation's event is never deleted"
+        return Event.from_model(event)
+
+    @strawberry.field(description="Every change made to the reservation, oldest first.")
+    async def history(self, info: Info) -> list[ReservationChange]:
+        changes = await info.context.loaders.history.load(self.key)
+        return [ReservationChange.from_model(change) for change in changes]
+
+
+async def reservation_connection(
+    info: Info,
+    *,
+    first: int,
+    after: str | None,
+    status: ReservationStatus | None,
+    customer_id: str | None = None,
+    event_id: int | None = None,
+) -> Connection[Reservation]:
+    check_page_size(first)
+    after_id = _reservation_position(after) if after is not None else None
+    wanted = models.ReservationStatus[status.name] if status else None
+    rows = await info.context.db.run(
+        lambda session: catalog.list_reservations(
+            session,
+            customer_id=customer_id,
+            event_id=event_id,
+            status=wanted,
+            after_id=after_id,
+            limit=first + 1,
+        )
+    )
+
+    async def count() -> int:
+        return await info.context.db.run(
+            lambda session: catalog.count_reservations(
+                session, customer_id=customer_id, event_id=event_id, status=wanted
+            )
+        )
+
+    return build_connection(
+        rows,
+        first,
+        to_node=Reservation.from_model,
+        position_of=lambda row: [row.id],
+        count=count,
+        after_given=after is not None,
+    )
+
+
+def _reservation_position(cursor: str) -> int:
+    position = decode_cursor(cursor)
+    match position:
+        case [int() as reservation_id] if reservation_id > 0:
+            return reservation_id
+    raise invalid_cursor()

@@ -1,0 +1,62 @@
+"""The Starlette application: routes, lifespan and wiring of settings, database and schema."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from ticketing.api.schema import schema
+from ticketing.db import Database
+from ticketing.http import GraphQLEndpoint
+from ticketing.migrations import is_at_head
+from ticketing.settings import Settings, get_settings
+
+logger = logging.getLogger("ticketing")
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or get_settings()
+    if not settings.database_url:
+        raise RuntimeError(
+            "DATABASE_URL is not set: start the service with `ticketing serve`, which provides "
+            "an embedded database."
+        )
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    db = Database.from_settings(settings, settings.database_url)
+    graphql = GraphQLEndpoint(schema, db, settings)
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        try:
+            at_head = await db.run(lambda session: is_at_head(session.connection()))
+        except Exception:
+            logger.warning("Readiness check: database unreachable", exc_info=True)
+            return JSONResponse({"status": "unavailable", "database": "unreachable"}, 503)
+        if not at_head:
+            return JSONResponse({"status": "unavailable", "database": "migrations pending"}, 503)
+        return JSONResponse({"status": "ready"})
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        db.dispose()
+
+    return Starlette(
+        routes=[
+            # Every method reaches the endpoint, which answers 405 itself with a GraphQL body.
+            Route("/graphql", graphql.handle, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,149 @@
+"""The `ticketing` command: serve, migrate, seed, export-schema and token."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import uvicorn
+
+from ticketing import migrations
+from ticketing.auth import ORGANIZER_ROLE, mint_token
+from ticketing.db import create_db_engine
+from ticketing.settings import DEVELOPMENT_JWT_SECRET, Settings, get_settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ticketing", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="migrate the database, then serve the API",
+        description="Without DATABASE_URL, starts a private PostgreSQL in TICKETING_DATA_DIR "
+        "and loads demo events on its first start.",
+    )
+    serve.add_argument("--host", help="interface to listen on (TICKETING_HOST)")
+    serve.add_argument("--port", type=int, help="port to listen on (TICKETING_PORT)")
+    serve.add_argument("--workers", type=int, help="worker processes (TICKETING_WORKERS)")
+    serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser("migrate", help="upgrade the database schema to the latest")
+    migrate.set_defaults(run=_migrate)
+
+    seed = commands.add_parser("seed", help="add the demo events that are missing")
+    seed.set_defaults(run=_seed)
+
+    export = commands.add_parser("export-schema", help="write the GraphQL schema (SDL)")
+    export.add_argument("path", nargs="?", default="schema.graphql", help="'-' for stdout")
+    export.set_defaults(run=_export_schema)
+
+    token = commands.add_parser("token", help="mint a bearer token for local use")
+    token.add_argument("--subject", default="demo-customer", help="the customer id (sub)")
+    token.add_argument("--organizer", action="store_true", help="grant the organizer role")
+    token.add_argument("--hours", type=float, default=24.0, help="lifetime in hours")
+    token.set_defaults(run=_token)
+    return parser
+
+
+def _database_url(settings: Settings) -> tuple[str, bool]:
+    """The database to use and whether it was created empty just now (embedded default)."""
+    if settings.database_url:
+        return settings.database_url, False
+    from ticketing.embedded import start_embedded_postgres
+
+    embedded = start_embedded_postgres(settings.data_dir)
+    # Worker processes read the settings again; this points them at the same server.
+    os.environ["DATABASE_URL"] = embedded.url
+    get_settings.cache_clear()
+    return embedded.url, embedded.created
+
+
+def _migrate_to_head(url: str) -> None:
+    engine = create_db_engine(url)
+    try:
+        migrations.upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    url, fresh = _database_url(settings)
+    _migrate_to_head(url)
+    if fresh:
+        print(f"Loaded {_load_demo_events(url)} demo events into the embedded database.")
+    host = args.host or settings.host
+    port = args.port or settings.port
+    workers = args.workers or settings.workers
+    shown_host = "localhost" if host in ("0.0.0.0", "127.0.0.1", "::") else host  # noqa: S104
+    print(f"GraphQL endpoint: http://{shown_host}:{port}/graphql", flush=True)
+    if settings.graphiql:
+        print(f"GraphiQL: open http://{shown_host}:{port}/graphql in a browser", flush=True)
+    if settings.jwt_secret.get_secret_value() == DEVELOPMENT_JWT_SECRET:
+        demo = mint_token(DEVELOPMENT_JWT_SECRET, "demo-customer", ttl=timedelta(hours=24))
+        print(f'Demo token (24 h): {{"Authorization": "Bearer {demo}"}}', flush=True)
+    uvicorn.run(
+        "ticketing.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    url, _ = _database_url(get_settings())
+    _migrate_to_head(url)
+    print("Database schema is up to date.")
+    return 0
+
+
+def _seed(args: argparse.Namespace) -> int:
+    url, _ = _database_url(get_settings())
+    _migrate_to_head(url)
+    print(f"Added {_load_demo_events(url)} demo events.")
+    return 0
+
+
+def _load_demo_events(url: str) -> int:
+    from ticketing.db import Database
+    from ticketing.seed import seed_demo_events
+
+    db = Database(create_db_engine(url), max_threads=1)
+    try:
+        return db.transaction(seed_demo_events)
+    finally:
+        db.dispose()
+
+
+def _export_schema(args: argparse.Namespace) -> int:
+    from ticketing.api.schema import schema
+
+    sdl = schema.as_str() + "\n"
+    if args.path == "-":
+        sys.stdout.write(sdl)
+    else:
+        Path(args.path).write_text(sdl, encoding="utf-8")
+        print(f"Wrote {args.path}")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    roles = [ORGANIZER_ROLE] if args.organizer else []
+    secret = get_settings().jwt_secret.get_secret_value()
+    print(mint_token(secret, args.subject, roles=roles, ttl=timedelta(hours=args.hours)))
+    return 0

@@ -1,0 +1,67 @@
+"""The one place that makes database engines and sessions.
+
+Request handlers run on the event loop, while psycopg2 blocks: every unit of database work
+therefore runs in a worker thread through `Database.run`, so a slow query never stalls other
+requests. The thread limit matches the connection pool so no thread waits on the pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
+
+import anyio
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from ticketing.settings import Settings
+
+T = TypeVar("T")
+
+
+def create_db_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> Engine:
+    return sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,
+        connect_args={"application_name": "ticketing", "connect_timeout": 5},
+    )
+
+
+class Database:
+    """An engine plus the means to run one transaction off the event loop."""
+
+    def __init__(self, engine: Engine, *, max_threads: int) -> None:
+        self.engine = engine
+        self._max_threads = max_threads
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, url: str) -> Database:
+        engine = create_db_engine(
+            url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+        )
+        return cls(engine, max_threads=settings.db_pool_size + settings.db_max_overflow)
+
+    def session(self) -> Session:
+        # Objects outlive their transaction: resolvers read them after the commit.
+        return Session(self.engine, expire_on_commit=False)
+
+    def transaction(self, work: Callable[[Session], T]) -> T:
+        """Run `work` in one transaction: committed if it returns, rolled back if it raises."""
+        with self.session() as session, session.begin():
+            return work(session)
+
+    async def run(self, work: Callable[[Session], T]) -> T:
+        """`transaction`, in a worker thread."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self._max_threads)
+        return await anyio.to_thread.run_sync(
+            partial(self.transaction, work), limiter=self._limiter
+        )
+
+    def dispose(self) -> None:
+        self.engine.dispose()

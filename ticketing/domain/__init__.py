@@ -1,0 +1,1 @@
+"""The domain core: tables and booking rules, free of GraphQL and HTTP."""

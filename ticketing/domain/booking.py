@@ -1,0 +1,258 @@
+"""Reserve, increase, decrease and cancel: the booking rules and their locking.
+
+Every function runs inside the caller's transaction (see `Database.transaction`) and raises a
+`DomainError` to refuse, which rolls everything back.
+
+Concurrency: all changes to an event's tickets go through its `event` row, which each operation
+locks first (the conditional UPDATE of `reserve`, or SELECT ... FOR UPDATE) before it touches
+any reservation. One lock order everywhere means no deadlocks, and it serialises every check
+that spans rows (the per-customer limit) with the writes it guards. The CHECK constraints on
+`event` and `reservation` stay as a backstop against any bug that slips past the rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from ticketing.domain.errors import (
+    CustomerLimitReached,
+    DomainError,
+    EventCancelled,
+    EventStarted,
+    InvalidQuantity,
+    NotEnoughTickets,
+    NotFound,
+    ReservationCancelled,
+)
+from ticketing.domain.models import (
+    ChangeKind,
+    Event,
+    EventStatus,
+    Reservation,
+    ReservationChange,
+    ReservationStatus,
+)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks: a customer id (the token's subject) and whether they are an organizer."""
+
+    customer_id: str
+    is_organizer: bool = False
+
+
+@dataclass(frozen=True)
+class Booking:
+    """A reservation after an operation, and its event showing the new availability."""
+
+    reservation: Reservation
+    event: Event
+
+
+# The database clock decides whether an event has started, so every server agrees.
+has_started = col(Event.starts_at) <= sa.func.now()
+
+
+def reserve(session: Session, *, event_id: int, actor: Actor, quantity: int) -> Booking:
+    _require_positive(quantity)
+    taken = session.exec(
+        sa.update(Event)
+        .where(
+            col(Event.id) == event_id,
+            col(Event.status) == EventStatus.ON_SALE,
+            ~has_started,
+            col(Event.tickets_available) >= quantity,
+        )
+        .values(tickets_available=col(Event.tickets_available) - quantity, updated_at=sa.func.now())
+        .returning(Event)
+        .execution_options(populate_existing=True)
+    )
+    event = taken.scalars().one_or_none()
+    if event is None:
+        raise _why_not_reservable(session, event_id, quantity)
+    _check_customer_limit(session, event, actor.customer_id, quantity)
+
+    reservation = Reservation(event_id=event_id, customer_id=actor.customer_id, quantity=quantity)
+    session.add(reservation)
+    session.flush()
+    _record(session, reservation, ChangeKind.CREATED, quantity, actor)
+    return Booking(reservation, event)
+
+
+def increase(session: Session, *, reservation_id: int, actor: Actor, quantity: int) -> Booking:
+    _require_positive(quantity)
+    event, reservation, started = _lock_owned(session, reservation_id, actor)
+    _require_changeable(event, reservation, started)
+    if event.tickets_available < quantity:
+        raise NotEnoughTickets(requested=quantity, available=event.tickets_available)
+    _check_customer_limit(session, event, reservation.customer_id, quantity)
+    return _apply(session, event, reservation, ChangeKind.INCREASED, quantity, actor)
+
+
+def decrease(session: Session, *, reservation_id: int, actor: Actor, quantity: int) -> Booking:
+    _require_positive(quantity)
+    event, reservation, started = _lock_owned(session, reservation_id, actor)
+    _require_changeable(event, reservation, started)
+    if quantity >= reservation.quantity:
+        raise InvalidQuantity(
+            min=1,
+            max=reservation.quantity - 1,
+            reason=(
+                f"A decrease must leave at least one ticket (the reservation holds "
+                f"{reservation.quantity}); cancel the reservation to release them all."
+            ),
+        )
+    return _apply(session, event, reservation, ChangeKind.DECREASED, quantity, actor)
+
+
+def cancel(session: Session, *, reservation_id: int, actor: Actor) -> Booking:
+    """Release the reservation's tickets. Cancelling it again returns it unchanged."""
+    event, reservation, started = _lock_for_change(session, reservation_id)
+    if not (actor.is_organizer or reservation.customer_id == actor.customer_id):
+        raise NotFound("Reservation", reservation_id)
+    if reservation.status == ReservationStatus.CANCELLED:
+        return Booking(reservation, event)
+    if started:
+        raise EventStarted()
+    return _apply(session, event, reservation, ChangeKind.CANCELLED, reservation.quantity, actor)
+
+
+def _require_positive(quantity: int) -> None:
+    if quantity < 1:
+        raise InvalidQuantity(min=1, max=None)
+
+
+def _why_not_reservable(session: Session, event_id: int, quantity: int) -> DomainError:
+    found = session.exec(select(Event, has_started).where(col(Event.id) == event_id)).one_or_none()
+    if found is None:
+        return NotFound("Event", event_id)
+    event, started = found
+    if event.status == EventStatus.CANCELLED:
+        return EventCancelled()
+    if started:
+        return EventStarted()
+    return NotEnoughTickets(requested=quantity, available=event.tickets_available)
+
+
+def _lock_for_change(session: Session, reservation_id: int) -> tuple[Event, Reservation, bool]:
+    """Lock the reservation's event, then read the reservation under that lock.
+
+    Returns the event, the reservation and whether the event has started."""
+    event_of_reservation = (
+        select(Reservation.event_id).where(col(Reservation.id) == reservation_id).scalar_subquery()
+    )
+    found = session.exec(
+        select(Event, has_started)
+        .where(col(Event.id) == event_of_reservation)
+        .with_for_update(of=Event)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if found is None:
+        raise NotFound("Reservation", reservation_id)
+    event, started = found
+    # A fresh statement after the lock: it sees every change committed before we got it.
+    reservation = session.exec(
+        select(Reservation)
+        .where(col(Reservation.id) == reservation_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    return event, reservation, started
+
+
+def _lock_owned(
+    session: Session, reservation_id: int, actor: Actor
+) -> tuple[Event, Reservation, bool]:
+    """Only the owner may change a reservation's quantity; others get NotFound."""
+    locked = _lock_for_change(session, reservation_id)
+    if locked[1].customer_id != actor.customer_id:
+        raise NotFound("Reservation", reservation_id)
+    return locked
+
+
+def _require_changeable(event: Event, reservation: Reservation, started: bool) -> None:
+    if reservation.status == ReservationStatus.CANCELLED:
+        raise ReservationCancelled()
+    if event.status == EventStatus.CANCELLED:
+        raise EventCancelled()
+    if started:
+        raise EventStarted()
+
+
+def _check_customer_limit(session: Session, event: Event, customer_id: str, adding: int) -> None:
+    """Runs while this transaction holds the event's row lock, so `held` can't change under it."""
+    limit = event.max_tickets_per_customer
+    if limit is None:
+        return
+    held = session.scalar(
+        sa.select(sa.func.coalesce(sa.func.sum(Reservation.quantity), 0)).where(
+            col(Reservation.event_id) == event.id,
+            col(Reservation.customer_id) == customer_id,
+            col(Reservation.status) == ReservationStatus.ACTIVE,
+        )
+    )
+    held = int(held or 0)
+    if held + adding > limit:
+        raise CustomerLimitReached(limit=limit, held=held)
+
+
+def _apply(
+    session: Session,
+    event: Event,
+    reservation: Reservation,
+    kind: ChangeKind,
+    quantity: int,
+    actor: Actor,
+) -> Booking:
+    """Write one change to both rows (already locked) and its history line."""
+    taken = quantity if kind == ChangeKind.INCREASED else -quantity
+    reservation_values: dict[str, object] = {"updated_at": sa.func.now()}
+    if kind == ChangeKind.CANCELLED:
+        reservation_values |= {
+            "status": ReservationStatus.CANCELLED,
+            "cancelled_at": sa.func.now(),
+        }
+    else:
+        reservation_values["quantity"] = col(Reservation.quantity) + taken
+    updated_reservation = (
+        session.exec(
+            sa.update(Reservation)
+            .where(col(Reservation.id) == reservation.id)
+            .values(reservation_values)
+            .returning(Reservation)
+            .execution_options(populate_existing=True)
+        )
+        .scalars()
+        .one()
+    )
+    updated_event = (
+        session.exec(
+            sa.update(Event)
+            .where(col(Event.id) == event.id)
+            .values(
+                tickets_available=col(Event.tickets_available) - taken, updated_at=sa.func.now()
+            )
+            .returning(Event)
+            .execution_options(populate_existing=True)
+        )
+        .scalars()
+        .one()
+    )
+    _record(session, updated_reservation, kind, quantity, actor)
+    return Booking(updated_reservation, updated_event)
+
+
+def _record(
+    session: Session, reservation: Reservation, kind: ChangeKind, quantity: int, actor: Actor
+) -> None:
+    assert reservation.id is not None
+    session.add(
+        ReservationChange(
+            reservation_id=reservation.id, kind=kind, quantity=quantity, actor=actor.customer_id
+        )
+    )
+    session.flush()

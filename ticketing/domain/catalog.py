@@ -1,0 +1,171 @@
+"""Reads: event listings, reservations and history, with keyset pagination.
+
+A page is asked for with the sort key of the last row already seen (`after`), so pages stay
+stable while rows are inserted before them, and every page costs one index range scan.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped
+from sqlmodel import Session, col, select
+
+from ticketing.domain.models import (
+    Event,
+    EventStatus,
+    Reservation,
+    ReservationChange,
+    ReservationStatus,
+)
+
+SortKey = tuple[Any, int]
+
+
+class EventOrder(enum.StrEnum):
+    STARTS_AT_ASC = "STARTS_AT_ASC"
+    STARTS_AT_DESC = "STARTS_AT_DESC"
+    NAME_ASC = "NAME_ASC"
+
+    @property
+    def column(self) -> Mapped[Any]:
+        if self is EventOrder.NAME_ASC:
+            return col(Event.name)
+        return col(Event.starts_at)
+
+    @property
+    def descending(self) -> bool:
+        return self is EventOrder.STARTS_AT_DESC
+
+    def key_of(self, event: Event) -> SortKey:
+        assert event.id is not None
+        value = event.name if self is EventOrder.NAME_ASC else event.starts_at
+        return (value, event.id)
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """With no `starts_after`, only events that have not started are listed."""
+
+    starts_after: datetime | None = None
+    starts_before: datetime | None = None
+    search: str | None = None
+    available_only: bool = False
+
+
+def list_events(
+    session: Session, where: EventFilter, order: EventOrder, after: SortKey | None, limit: int
+) -> Sequence[Event]:
+    key = sa.tuple_(order.column, col(Event.id))
+    query = select(Event).where(*_event_conditions(where))
+    if after is not None:
+        query = query.where(
+            key < sa.tuple_(*after) if order.descending else key > sa.tuple_(*after)
+        )
+    direction = sa.desc if order.descending else sa.asc
+    return session.exec(
+        query.order_by(direction(order.column), direction(col(Event.id))).limit(limit)
+    ).all()
+
+
+def count_events(session: Session, where: EventFilter) -> int:
+    return _count(
+        session, select(sa.func.count()).select_from(Event).where(*_event_conditions(where))
+    )
+
+
+def events_by_id(session: Session, ids: Sequence[int]) -> dict[int, Event]:
+    events = session.exec(select(Event).where(col(Event.id).in_(ids))).all()
+    return {event.id: event for event in events if event.id is not None}
+
+
+def list_reservations(
+    session: Session,
+    *,
+    customer_id: str | None = None,
+    event_id: int | None = None,
+    status: ReservationStatus | None = None,
+    after_id: int | None = None,
+    limit: int,
+) -> Sequence[Reservation]:
+    """Newest first."""
+    query = select(Reservation).where(*_reservation_conditions(customer_id, event_id, status))
+    if after_id is not None:
+        query = query.where(col(Reservation.id) < after_id)
+    return session.exec(query.order_by(col(Reservation.id).desc()).limit(limit)).all()
+
+
+def count_reservations(
+    session: Session,
+    *,
+    customer_id: str | None = None,
+    event_id: int | None = None,
+    status: ReservationStatus | None = None,
+) -> int:
+    return _count(
+        session,
+        select(sa.func.count())
+        .select_from(Reservation)
+        .where(*_reservation_conditions(customer_id, event_id, status)),
+    )
+
+
+def reservations_by_id(session: Session, ids: Sequence[int]) -> dict[int, Reservation]:
+    reservations = session.exec(select(Reservation).where(col(Reservation.id).in_(ids))).all()
+    return {r.id: r for r in reservations if r.id is not None}
+
+
+def history_of(
+    session: Session, reservation_ids: Sequence[int]
+) -> dict[int, list[ReservationChange]]:
+    """Each reservation's changes, oldest first."""
+    changes = session.exec(
+        select(ReservationChange)
+        .where(col(ReservationChange.reservation_id).in_(reservation_ids))
+        .order_by(col(ReservationChange.reservation_id), col(ReservationChange.id))
+    ).all()
+    by_reservation: dict[int, list[ReservationChange]] = defaultdict(list)
+    for change in changes:
+        by_reservation[change.reservation_id].append(change)
+    return by_reservation
+
+
+def _event_conditions(where: EventFilter) -> list[sa.ColumnElement[bool]]:
+    conditions = [
+        col(Event.starts_at) > (where.starts_after if where.starts_after else sa.func.now())
+    ]
+    if where.starts_before is not None:
+        conditions.append(col(Event.starts_at) < where.starts_before)
+    if where.search:
+        conditions.append(
+            sa.or_(
+                col(Event.name).icontains(where.search, autoescape=True),
+                col(Event.venue).icontains(where.search, autoescape=True),
+            )
+        )
+    if where.available_only:
+        conditions += [col(Event.status) == EventStatus.ON_SALE, col(Event.tickets_available) > 0]
+    return conditions
+
+
+def _reservation_conditions(
+    customer_id: str | None, event_id: int | None, status: ReservationStatus | None
+) -> list[sa.ColumnElement[bool]]:
+    conditions = []
+    if customer_id is not None:
+        conditions.append(col(Reservation.customer_id) == customer_id)
+    if event_id is not None:
+        conditions.append(col(Reservation.event_id) == event_id)
+    if status is not None:
+        conditions.append(col(Reservation.status) == status)
+    return conditions
+
+
+def _count(session: Session, query: Any) -> int:
+    return int(session.exec(query).one())

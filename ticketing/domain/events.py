@@ -1,0 +1,226 @@
+"""Organizer operations: create, change and cancel events."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from ticketing.domain.booking import Actor, has_started
+from ticketing.domain.errors import EventCancelled, EventStarted, InvalidEvent, NotFound
+from ticketing.domain.models import (
+    ChangeKind,
+    Event,
+    EventStatus,
+    Reservation,
+    ReservationChange,
+    ReservationStatus,
+)
+
+MAX_NAME_LENGTH = 200
+MAX_DESCRIPTION_LENGTH = 10_000
+
+
+class Keep(enum.Enum):
+    """Marks a field that an update leaves as it is (distinct from setting it to None)."""
+
+    KEEP = "KEEP"
+
+
+KEEP = Keep.KEEP
+
+
+@dataclass(frozen=True)
+class EventDraft:
+    name: str
+    venue: str
+    starts_at: datetime
+    capacity: int
+    description: str = ""
+    ends_at: datetime | None = None
+    max_tickets_per_customer: int | None = None
+
+
+@dataclass(frozen=True)
+class EventChanges:
+    name: str | Keep = KEEP
+    venue: str | Keep = KEEP
+    starts_at: datetime | Keep = KEEP
+    capacity: int | Keep = KEEP
+    description: str | Keep = KEEP
+    ends_at: datetime | Keep | None = KEEP
+    max_tickets_per_customer: int | Keep | None = KEEP
+
+    def given(self) -> dict[str, object]:
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not KEEP
+        }
+
+
+def create_event(session: Session, draft: EventDraft) -> Event:
+    draft = _validated(draft, now=_database_now(session), starts_at_changed=True)
+    event = Event(
+        name=draft.name,
+        description=draft.description,
+        venue=draft.venue,
+        starts_at=draft.starts_at,
+        ends_at=draft.ends_at,
+        capacity=draft.capacity,
+        tickets_available=draft.capacity,
+        max_tickets_per_customer=draft.max_tickets_per_customer,
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def update_event(session: Session, event_id: int, changes: EventChanges) -> Event:
+    event, _ = _lock_event(session, event_id)
+    if event.status == EventStatus.CANCELLED:
+        raise EventCancelled()
+    given = changes.given()
+    current = EventDraft(
+        name=event.name,
+        venue=event.venue,
+        starts_at=event.starts_at,
+        capacity=event.capacity,
+        description=event.description,
+        ends_at=event.ends_at,
+        max_tickets_per_customer=event.max_tickets_per_customer,
+    )
+    draft = _validated(
+        replace(current, **given),  # type: ignore[arg-type]
+        now=_database_now(session),
+        starts_at_changed="starts_at" in given,
+    )
+    reserved = event.capacity - event.tickets_available
+    if draft.capacity < reserved:
+        raise InvalidEvent(
+            "capacity", f"Capacity can't drop below the {reserved} tickets already reserved."
+        )
+    values: dict[str, object] = {
+        "name": draft.name,
+        "description": draft.description,
+        "venue": draft.venue,
+        "starts_at": draft.starts_at,
+        "ends_at": draft.ends_at,
+        "max_tickets_per_customer": draft.max_tickets_per_customer,
+        "capacity": draft.capacity,
+        # Availability follows capacity; the reserved tickets stay reserved.
+        "tickets_available": col(Event.tickets_available) + (draft.capacity - col(Event.capacity)),
+        "updated_at": sa.func.now(),
+    }
+    return _update_event_row(session, event_id, values)
+
+
+def cancel_event(session: Session, event_id: int, actor: Actor) -> Event:
+    """Cancel the event and every active reservation of it. Cancelling again changes nothing."""
+    event, started = _lock_event(session, event_id)
+    if event.status == EventStatus.CANCELLED:
+        return event
+    if started:
+        raise EventStarted()
+    released = session.exec(
+        sa.update(Reservation)
+        .where(
+            col(Reservation.event_id) == event_id,
+            col(Reservation.status) == ReservationStatus.ACTIVE,
+        )
+        .values(
+            status=ReservationStatus.CANCELLED,
+            cancelled_at=sa.func.now(),
+            updated_at=sa.func.now(),
+        )
+        .returning(col(Reservation.id), col(Reservation.quantity))
+    ).all()
+    if released:
+        session.exec(
+            sa.insert(ReservationChange),
+            params=[
+                {
+                    "reservation_id": reservation_id,
+                    "kind": ChangeKind.CANCELLED,
+                    "quantity": quantity,
+                    "actor": actor.customer_id,
+                }
+                for reservation_id, quantity in released
+            ],
+        )
+    return _update_event_row(
+        session,
+        event_id,
+        {
+            "status": EventStatus.CANCELLED,
+            "tickets_available": col(Event.capacity),
+            "updated_at": sa.func.now(),
+        },
+    )
+
+
+def _lock_event(session: Session, event_id: int) -> tuple[Event, bool]:
+    found = session.exec(
+        select(Event, has_started)
+        .where(col(Event.id) == event_id)
+        .with_for_update(of=Event)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if found is None:
+        raise NotFound("Event", event_id)
+    return found[0], found[1]
+
+
+def _update_event_row(session: Session, event_id: int, values: dict[str, object]) -> Event:
+    updated = session.exec(
+        sa.update(Event)
+        .where(col(Event.id) == event_id)
+        .values(values)
+        .returning(Event)
+        .execution_options(populate_existing=True)
+    )
+    event: Event = updated.scalars().one()
+    return event
+
+
+def _database_now(session: Session) -> datetime:
+    now = session.scalar(sa.select(sa.func.now()))
+    assert isinstance(now, datetime)
+    return now
+
+
+def _validated(draft: EventDraft, *, now: datetime, starts_at_changed: bool) -> EventDraft:
+    name, venue = draft.name.strip(), draft.venue.strip()
+    if not name:
+        raise InvalidEvent("name", "The name can't be empty.")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidEvent("name", f"The name can't be longer than {MAX_NAME_LENGTH} characters.")
+    if not venue:
+        raise InvalidEvent("venue", "The venue can't be empty.")
+    if len(venue) > MAX_NAME_LENGTH:
+        raise InvalidEvent("venue", f"The venue can't be longer than {MAX_NAME_LENGTH} characters.")
+    if len(draft.description) > MAX_DESCRIPTION_LENGTH:
+        raise InvalidEvent(
+            "description",
+            f"The description can't be longer than {MAX_DESCRIPTION_LENGTH} characters.",
+        )
+    for field_name in ("starts_at", "ends_at"):
+        moment = getattr(draft, field_name)
+        if moment is not None and moment.tzinfo is None:
+            raise InvalidEvent(field_name, "Times must carry a time zone.")
+    if starts_at_changed and draft.starts_at <= now:
+        raise InvalidEvent("starts_at", "An event must start in the future.")
+    if draft.ends_at is not None and draft.ends_at <= draft.starts_at:
+        raise InvalidEvent("ends_at", "An event must end after it starts.")
+    if draft.capacity < 0:
+        raise InvalidEvent("capacity", "Capacity can't be negative.")
+    if draft.max_tickets_per_customer is not None and draft.max_tickets_per_customer < 1:
+        raise InvalidEvent("max_tickets_per_customer", "The per-customer limit must be at least 1.")
+    return replace(
+        draft,
+        name=name,
+        venue=venue,
+        starts_at=draft.starts_at.astimezone(UTC),
+        ends_at=draft.ends_at.astimezone(UTC) if draft.ends_at else None,
+    )

@@ -1,0 +1,145 @@
+"""Tables. The database enforces what it can: the inventory bounds, positive quantities,
+consistent cancellation stamps and an append-only history (a trigger, see the migrations)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+
+class EventStatus(enum.StrEnum):
+    ON_SALE = "ON_SALE"
+    CANCELLED = "CANCELLED"
+
+
+class ReservationStatus(enum.StrEnum):
+    ACTIVE = "ACTIVE"
+    CANCELLED = "CANCELLED"
+
+
+class ChangeKind(enum.StrEnum):
+    CREATED = "CREATED"
+    INCREASED = "INCREASED"
+    DECREASED = "DECREASED"
+    CANCELLED = "CANCELLED"
+
+
+def _status_column(enum_type: type[enum.StrEnum]) -> sa.Column[str]:
+    # Stored as text with a CHECK (below) rather than a native enum: adding a value later
+    # is then a plain constraint change.
+    return sa.Column(
+        sa.Enum(enum_type, native_enum=False, create_constraint=False, length=16),
+        nullable=False,
+    )
+
+
+def _timestamp_column(*, nullable: bool = False) -> sa.Column[datetime]:
+    return sa.Column(
+        sa.DateTime(timezone=True),
+        nullable=nullable,
+        server_default=None if nullable else sa.func.now(),
+    )
+
+
+class Event(SQLModel, table=True):
+    __tablename__ = "event"
+    __table_args__ = (
+        sa.CheckConstraint("capacity >= 0", name="capacity_not_negative"),
+        sa.CheckConstraint(
+            "tickets_available >= 0 AND tickets_available <= capacity",
+            name="tickets_available_within_capacity",
+        ),
+        sa.CheckConstraint(
+            "max_tickets_per_customer IS NULL OR max_tickets_per_customer >= 1",
+            name="max_tickets_per_customer_positive",
+        ),
+        sa.CheckConstraint("ends_at IS NULL OR ends_at > starts_at", name="ends_after_start"),
+        sa.CheckConstraint("status IN ('ON_SALE', 'CANCELLED')", name="event_status_known"),
+        sa.Index("ix_event_starts_at_id", "starts_at", "id"),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True)
+    )
+    name: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    description: str = Field(
+        default="", sa_column=sa.Column(sa.Text, nullable=False, server_default="")
+    )
+    venue: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    starts_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    ends_at: datetime | None = Field(default=None, sa_column=_timestamp_column(nullable=True))
+    capacity: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    tickets_available: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    max_tickets_per_customer: int | None = Field(
+        default=None, sa_column=sa.Column(sa.Integer, nullable=True)
+    )
+    status: EventStatus = Field(default=EventStatus.ON_SALE, sa_column=_status_column(EventStatus))
+    created_at: datetime | None = Field(default=None, sa_column=_timestamp_column())
+    updated_at: datetime | None = Field(default=None, sa_column=_timestamp_column())
+
+
+class Reservation(SQLModel, table=True):
+    __tablename__ = "reservation"
+    __table_args__ = (
+        sa.CheckConstraint("quantity >= 1", name="quantity_positive"),
+        sa.CheckConstraint("status IN ('ACTIVE', 'CANCELLED')", name="reservation_status_known"),
+        sa.CheckConstraint(
+            "(status = 'CANCELLED') = (cancelled_at IS NOT NULL)", name="cancelled_at_iff_cancelled"
+        ),
+        sa.Index("ix_reservation_customer_id_id", "customer_id", "id"),
+        sa.Index("ix_reservation_event_id_id", "event_id", "id"),
+        # Serves the per-customer limit: the active tickets one customer holds for one event.
+        sa.Index(
+            "ix_reservation_active_by_customer",
+            "event_id",
+            "customer_id",
+            postgresql_where=sa.text("status = 'ACTIVE'"),
+        ),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True)
+    )
+    event_id: int = Field(
+        sa_column=sa.Column(
+            sa.BigInteger, sa.ForeignKey("event.id", ondelete="RESTRICT"), nullable=False
+        )
+    )
+    customer_id: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    quantity: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    status: ReservationStatus = Field(
+        default=ReservationStatus.ACTIVE, sa_column=_status_column(ReservationStatus)
+    )
+    created_at: datetime | None = Field(default=None, sa_column=_timestamp_column())
+    updated_at: datetime | None = Field(default=None, sa_column=_timestamp_column())
+    cancelled_at: datetime | None = Field(default=None, sa_column=_timestamp_column(nullable=True))
+
+
+class ReservationChange(SQLModel, table=True):
+    """One line of a reservation's history. Rows are only ever inserted."""
+
+    __tablename__ = "reservation_change"
+    __table_args__ = (
+        sa.CheckConstraint("quantity >= 1", name="change_quantity_positive"),
+        sa.CheckConstraint(
+            "kind IN ('CREATED', 'INCREASED', 'DECREASED', 'CANCELLED')", name="change_kind_known"
+        ),
+        sa.Index("ix_reservation_change_reservation_id_id", "reservation_id", "id"),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True)
+    )
+    reservation_id: int = Field(
+        sa_column=sa.Column(
+            sa.BigInteger, sa.ForeignKey("reservation.id", ondelete="RESTRICT"), nullable=False
+        )
+    )
+    kind: ChangeKind = Field(sa_column=_status_column(ChangeKind))
+    # Tickets added, removed or (for CANCELLED) released by this change.
+    quantity: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    actor: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    created_at: datetime | None = Field(default=None, sa_column=_timestamp_column())

@@ -1,0 +1,43 @@
+"""The embedded default: a private PostgreSQL in a local data directory (pgserver ships the
+binaries), used when no DATABASE_URL is set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import sqlalchemy as sa
+
+DATABASE_NAME = "ticketing"
+
+
+@dataclass(frozen=True)
+class EmbeddedDatabase:
+    url: str
+    created: bool  # True when this start created the database, so it is empty
+
+
+def start_embedded_postgres(data_dir: Path) -> EmbeddedDatabase:
+    """Start (or reuse) the server in `data_dir`; it stops when this process exits."""
+    try:
+        import pgserver
+    except ImportError as error:
+        raise SystemExit(
+            "No DATABASE_URL is set and the embedded PostgreSQL is not installed: "
+            "pip install 'ticketing[embedded]', or set DATABASE_URL."
+        ) from error
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
+    socket_dir = parse_qs(urlsplit(server.get_uri()).query)["host"][0]
+    admin_url = f"postgresql+psycopg2://postgres@/postgres?host={socket_dir}"
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with engine.connect() as connection:
+        exists = connection.scalar(
+            sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": DATABASE_NAME}
+        )
+        if not exists:
+            connection.execute(sa.text(f'CREATE DATABASE "{DATABASE_NAME}"'))
+    engine.dispose()
+    url = f"postgresql+psycopg2://postgres@/{DATABASE_NAME}?host={socket_dir}"
+    return EmbeddedDatabase(url=url, created=not exists)

@@ -1,0 +1,269 @@
+"""GraphQL over HTTP (the GraphQL-over-HTTP specification) as a Starlette endpoint.
+
+Strawberry's own HTTP view answers some cases against the spec (400 for a mutation over GET,
+plain-text errors), so this module speaks the protocol and hands only execution to Strawberry.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from graphql import GraphQLError
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from strawberry.exceptions import MissingQueryError
+from strawberry.http.ides import get_graphql_ide_html
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
+
+from ticketing.api.context import Context
+from ticketing.api.errors import ErrorCode
+from ticketing.auth import AuthenticationError, authenticate
+from ticketing.db import Database
+from ticketing.settings import Settings
+
+GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
+JSON = "application/json"
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class RequestError(Exception):
+    """The HTTP request can't be turned into a GraphQL request."""
+
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+@dataclass(frozen=True)
+class GraphQLParams:
+    query: str
+    variables: dict[str, Any] | None
+    operation_name: str | None
+    extensions: dict[str, Any] | None
+
+
+class GraphQLEndpoint:
+    def __init__(self, schema: Any, db: Database, settings: Settings) -> None:
+        self.schema, self.db, self.settings = schema, db, settings
+        self.ide_html = get_graphql_ide_html("graphiql")
+
+    async def handle(self, request: Request) -> Response:
+        request_id = _request_id(request)
+        media_type = JSON
+        try:
+            if request.method not in ("GET", "POST"):
+                raise RequestError(405, "Use GET or POST.", headers={"Allow": "GET, POST"})
+            if self._wants_ide(request):
+                return HTMLResponse(self.ide_html)
+            media_type = _negotiate(request.headers.get("accept"))
+            params = await _read_params(request)
+            viewer = authenticate(
+                request.headers.get("authorization"), self.settings.jwt_secret.get_secret_value()
+            )
+        except RequestError as error:
+            return _error_response(
+                error.status,
+                error.message,
+                ErrorCode.BAD_REQUEST,
+                media_type,
+                request_id,
+                error.headers,
+            )
+        except AuthenticationError as error:
+            return _error_response(
+                401,
+                str(error),
+                ErrorCode.UNAUTHENTICATED,
+                media_type,
+                request_id,
+                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        context = Context(db=self.db, viewer=viewer, request_id=request_id)
+        try:
+            result = await self.schema.execute(
+                params.query,
+                variable_values=params.variables,
+                context_value=context,
+                operation_name=params.operation_name,
+                allowed_operation_types=_allowed_operations(request.method),
+                operation_extensions=params.extensions,
+            )
+        except InvalidOperationTypeError:
+            return _error_response(
+                405,
+                "Mutations must be sent with POST.",
+                ErrorCode.BAD_REQUEST,
+                media_type,
+                request_id,
+                {"Allow": "POST"},
+            )
+        except (CannotGetOperationTypeError, MissingQueryError) as error:
+            message = (
+                error.as_http_error_reason()
+                if isinstance(error, CannotGetOperationTypeError)
+                else "No GraphQL query found in the request."
+            )
+            return _error_response(400, message, ErrorCode.BAD_USER_INPUT, media_type, request_id)
+        return _result_response(result, media_type, request_id)
+
+    def _wants_ide(self, request: Request) -> bool:
+        return (
+            self.settings.graphiql
+            and request.method == "GET"
+            and "query" not in request.query_params
+            and "text/html" in request.headers.get("accept", "")
+        )
+
+
+def _request_id(request: Request) -> str:
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    if 0 < len(given) <= 128 and given.isascii() and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+def _allowed_operations(method: str) -> set[OperationType]:
+    if method == "GET":
+        return {OperationType.QUERY}
+    return {OperationType.QUERY, OperationType.MUTATION}
+
+
+def _negotiate(accept: str | None) -> str:
+    """The response media type for an Accept header (a missing one means application/json)."""
+    if not accept:
+        return JSON
+    offers: list[tuple[float, int, str]] = []  # quality, specificity, media type
+    for item in accept.split(","):
+        media_range, *parameters = (part.strip().lower() for part in item.split(";"))
+        quality = _quality(parameters)
+        if quality <= 0:
+            continue
+        if media_range == GRAPHQL_RESPONSE_JSON:
+            offers.append((quality, 2, GRAPHQL_RESPONSE_JSON))
+        elif media_range == JSON:
+            offers.append((quality, 1, JSON))
+        elif media_range in ("*/*", "application/*"):
+            offers.append((quality, 0, JSON))
+    if not offers:
+        raise RequestError(406, f"Accept {GRAPHQL_RESPONSE_JSON} or {JSON}.")
+    return max(offers)[2]
+
+
+def _quality(parameters: Iterable[str]) -> float:
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip() == "q":
+            try:
+                return min(max(float(value), 0.0), 1.0)
+            except ValueError:
+                return 0.0
+    return 1.0
+
+
+async def _read_params(request: Request) -> GraphQLParams:
+    if request.method == "GET":
+        raw: dict[str, Any] = dict(request.query_params)
+        for name in ("variables", "extensions"):
+            if name in raw:
+                raw[name] = _parse_json(raw[name], name)
+    else:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != JSON:
+            raise RequestError(415, f"Send the request body as {JSON}.")
+        body = await request.body()
+        parsed = _parse_json(body, "body")
+        if not isinstance(parsed, dict):
+            raise RequestError(400, "The request body must be a JSON object.")
+        raw = parsed
+    return _params_from(raw)
+
+
+def _parse_json(text: str | bytes, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise RequestError(400, f"The {what} is not valid JSON.") from error
+
+
+def _params_from(raw: dict[str, Any]) -> GraphQLParams:
+    query, variables = raw.get("query"), raw.get("variables")
+    operation_name, extensions = raw.get("operationName"), raw.get("extensions")
+    if not isinstance(query, str) or not query.strip():
+        raise RequestError(400, "The `query` parameter must be a non-empty string.")
+    if variables is not None and not isinstance(variables, dict):
+        raise RequestError(400, "The `variables` parameter must be an object.")
+    if operation_name is not None and not isinstance(operation_name, str):
+        raise RequestError(400, "The `operationName` parameter must be a string.")
+    if extensions is not None and not isinstance(extensions, dict):
+        raise RequestError(400, "The `extensions` parameter must be an object.")
+    return GraphQLParams(query, variables, operation_name, extensions)
+
+
+def _result_response(result: ExecutionResult, media_type: str, request_id: str) -> Response:
+    errors = [_formatted(error) for error in result.errors or []]
+    body: dict[str, Any] = {}
+    status = 200
+    if errors and result.data is None and all(error.path is None for error in result.errors or []):
+        # A request error: nothing was executed, so the response has no `data` entry.
+        status = 400 if media_type == GRAPHQL_RESPONSE_JSON else 200
+    else:
+        body["data"] = result.data
+    if errors:
+        body["errors"] = errors
+        if any(e.get("extensions", {}).get("code") == ErrorCode.UNAUTHENTICATED for e in errors):
+            status = 401
+    if result.extensions:
+        body["extensions"] = result.extensions
+    return _json_response(body, status, media_type, request_id)
+
+
+def _formatted(error: GraphQLError) -> dict[str, Any]:
+    formatted: dict[str, Any] = dict(error.formatted)
+    extensions = dict(formatted.get("extensions") or {})
+    extensions.setdefault("code", _request_error_code(error).value)
+    formatted["extensions"] = extensions
+    return formatted
+
+
+def _request_error_code(error: GraphQLError) -> ErrorCode:
+    """A code for errors that graphql-core raises without one."""
+    if error.message.startswith("Syntax Error"):
+        return ErrorCode.GRAPHQL_PARSE_FAILED
+    if error.path is None and error.message.startswith("Variable "):
+        return ErrorCode.BAD_USER_INPUT
+    if error.path is None:
+        return ErrorCode.GRAPHQL_VALIDATION_FAILED
+    return ErrorCode.INTERNAL_SERVER_ERROR
+
+
+def _error_response(
+    status: int,
+    message: str,
+    code: ErrorCode,
+    media_type: str,
+    request_id: str,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body = {"errors": [{"message": message, "extensions": {"code": code.value}}]}
+    return _json_response(body, status, media_type, request_id, headers)
+
+
+def _json_response(
+    body: dict[str, Any],
+    status: int,
+    media_type: str,
+    request_id: str,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    return JSONResponse(
+        body,
+        status_code=status,
+        media_type=f"{media_type}; charset=utf-8",
+        headers={REQUEST_ID_HEADER: request_id, "Vary": "Accept", **(headers or {})},
+    )
