@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -93,6 +94,9 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.jwt_secret.get_secret_value() == DEVELOPMENT_JWT_SECRET:
         demo = mint_token(DEVELOPMENT_JWT_SECRET, "demo-customer", ttl=timedelta(hours=24))
         print(f'Demo token (24 h): {{"Authorization": "Bearer {demo}"}}', flush=True)
+    # uvicorn re-raises SIGTERM once it has shut down gracefully; exiting normally instead
+    # lets exit handlers run, and one of them stops the embedded PostgreSQL.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     uvicorn.run(
         "ticketing.app:create_app",
         factory=True,

@@ -185,7 +185,12 @@ CancelEventResult: TypeAlias = Annotated[
 class Mutation:
     @strawberry.mutation(description="Reserve tickets for an event. Requires a token.")
     async def create_reservation(
-        self, info: Info, input: CreateReservationInput
+        self,
+        info: Info,
+        input: Annotated[
+            CreateReservationInput,
+            strawberry.argument(description="The event and how many tickets."),
+        ],
     ) -> CreateReservationResult:
         actor = info.context.require_viewer()
         event_id = key_of(input.event_id, "Event")
@@ -205,7 +210,12 @@ class Mutation:
         description="Add tickets to, or give tickets back from, one of your reservations."
     )
     async def update_reservation(
-        self, info: Info, input: UpdateReservationInput
+        self,
+        info: Info,
+        input: Annotated[
+            UpdateReservationInput,
+            strawberry.argument(description="The reservation, the operation and how many tickets."),
+        ],
     ) -> UpdateReservationResult:
         actor = info.context.require_viewer()
         reservation_id = key_of(input.reservation_id, "Reservation")
@@ -231,7 +241,11 @@ class Mutation:
         "reservation returns it unchanged, so retries are safe. Organizers may cancel any."
     )
     async def cancel_reservation(
-        self, info: Info, input: CancelReservationInput
+        self,
+        info: Info,
+        input: Annotated[
+            CancelReservationInput, strawberry.argument(description="The reservation to cancel.")
+        ],
     ) -> CancelReservationResult:
         actor = info.context.require_viewer()
         reservation_id = key_of(input.reservation_id, "Reservation")
@@ -245,7 +259,13 @@ class Mutation:
         )
 
     @strawberry.mutation(description="Create an event, on sale at once. Organizers only.")
-    async def create_event(self, info: Info, input: CreateEventInput) -> CreateEventResult:
+    async def create_event(
+        self,
+        info: Info,
+        input: Annotated[
+            CreateEventInput, strawberry.argument(description="The new event's details.")
+        ],
+    ) -> CreateEventResult:
         info.context.require_organizer()
         draft = events.EventDraft(
             name=input.name,
@@ -261,7 +281,13 @@ class Mutation:
         )
 
     @strawberry.mutation(description="Change an event's details or capacity. Organizers only.")
-    async def update_event(self, info: Info, input: UpdateEventInput) -> UpdateEventResult:
+    async def update_event(
+        self,
+        info: Info,
+        input: Annotated[
+            UpdateEventInput, strawberry.argument(description="The event and the fields to change.")
+        ],
+    ) -> UpdateEventResult:
         info.context.require_organizer()
         event_id = key_of(input.event_id, "Event")
         if event_id is None:
@@ -278,7 +304,11 @@ class Mutation:
         description="Cancel an event and every active reservation of it, releasing their "
         "tickets. Cancelling it again returns it unchanged. Organizers only."
     )
-    async def cancel_event(self, info: Info, input: CancelEventInput) -> CancelEventResult:
+    async def cancel_event(
+        self,
+        info: Info,
+        input: Annotated[CancelEventInput, strawberry.argument(description="The event to cancel.")],
+    ) -> CancelEventResult:
         actor = info.context.require_organizer()
         event_id = key_of(input.event_id, "Event")
         if event_id is None:

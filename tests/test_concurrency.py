@@ -1,0 +1,223 @@
+"""Many clients against a real server process: the invariant, the per-customer limit and every
+acknowledged change must hold exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tests.conftest import JWT_SECRET, auth, insert_event, invariant_violations
+from tests.servers import RunningServer, serve
+from ticketing.api.ids import key_of
+
+CLIENTS = 60
+CUSTOMERS = 20  # three clients share each customer, so they race on the customer's limit
+ROUNDS = 8
+CAPACITY = 40
+LIMIT = 4
+
+RESULT = """__typename
+    ... on ReservationPayload { reservation { id quantity status } event { ticketsAvailable } }"""
+OPERATIONS = {
+    "create": f"""mutation($eventId: ID!, $n: Int!) {{
+        createReservation(input: {{eventId: $eventId, quantity: $n}}) {{ {RESULT} }} }}""",
+    "increase": f"""mutation($id: ID!, $n: Int!) {{ updateReservation(input:
+        {{reservationId: $id, operation: INCREASE, quantity: $n}}) {{ {RESULT} }} }}""",
+    "decrease": f"""mutation($id: ID!, $n: Int!) {{ updateReservation(input:
+        {{reservationId: $id, operation: DECREASE, quantity: $n}}) {{ {RESULT} }} }}""",
+    "cancel": f"""mutation($id: ID!) {{ cancelReservation(input: {{reservationId: $id}}) {{
+        {RESULT} }} }}""",
+}
+EXPECTED_REFUSALS = {
+    "NotEnoughTickets",
+    "CustomerLimitReached",
+    "InvalidQuantity",
+    "ReservationCancelled",
+}
+
+
+@dataclass
+class Outcome:
+    reservation_id: str | None
+    operation: str
+    typename: str
+    quantity: int | None = None
+    status: str | None = None
+
+
+@dataclass
+class Client:
+    index: int
+    customer: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    mine: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    env = {"DATABASE_URL": database_url, "TICKETING_JWT_SECRET": JWT_SECRET}
+    with serve(env, workers=2, log_dir=tmp_path_factory.mktemp("logs")) as running:
+        yield running
+
+
+async def run_client(http: httpx.AsyncClient, client: Client, event_id: str) -> None:
+    chance = random.Random(client.index)  # noqa: S311 - reproducible load, not security
+    headers = auth(client.customer)
+    for _ in range(ROUNDS):
+        choice = (
+            "create"
+            if not client.mine
+            else chance.choice(["create", "increase", "increase", "decrease", "cancel"])
+        )
+        target = None if choice == "create" else chance.choice(client.mine)
+        variables: dict[str, Any] = {"n": chance.randint(1, 3)}
+        if choice == "create":
+            variables["eventId"] = event_id
+        else:
+            variables["id"] = target
+            if choice == "cancel":
+                del variables["n"]
+        response = await http.post(
+            "/graphql",
+            json={"query": OPERATIONS[choice], "variables": variables},
+            headers=headers,
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert "errors" not in body, body
+        result = next(iter(body["data"].values()))
+        typename = result["__typename"]
+        if typename == "ReservationPayload":
+            reservation = result["reservation"]
+            if choice == "create":
+                client.mine.append(reservation["id"])
+            client.outcomes.append(
+                Outcome(
+                    reservation["id"],
+                    choice,
+                    typename,
+                    reservation["quantity"],
+                    reservation["status"],
+                )
+            )
+        else:
+            assert typename in EXPECTED_REFUSALS, result
+            client.outcomes.append(Outcome(target, choice, typename))
+
+
+def test_many_clients_never_oversell_or_lose_a_change(
+    server: RunningServer, engine: Engine
+) -> None:
+    event_id = insert_event(engine, capacity=CAPACITY, max_tickets_per_customer=LIMIT)
+    clients = [Client(i, f"customer-{i % CUSTOMERS}") for i in range(CLIENTS)]
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=CLIENTS)
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as http:
+            await asyncio.gather(*(run_client(http, client, event_id) for client in clients))
+
+    asyncio.run(main())
+
+    outcomes = [outcome for client in clients for outcome in client.outcomes]
+    assert len(outcomes) == CLIENTS * ROUNDS  # every request got an answer
+    kinds = Counter(outcome.typename for outcome in outcomes)
+    # Demand exceeded supply: the test did exercise both refusals.
+    assert kinds["NotEnoughTickets"] > 0
+    assert kinds["CustomerLimitReached"] > 0
+    assert kinds["ReservationPayload"] > CAPACITY // 3
+
+    assert invariant_violations(engine) == []
+    event_key = key_of(event_id, "Event")
+    with engine.connect() as connection:
+        held = dict(
+            connection.execute(
+                sa.text(
+                    "SELECT customer_id, SUM(quantity) FROM reservation"
+                    " WHERE event_id = :e AND status = 'ACTIVE' GROUP BY customer_id"
+                ),
+                {"e": event_key},
+            ).all()
+        )
+        rows = {
+            row.id: row
+            for row in connection.execute(
+                sa.text(
+                    "SELECT r.id, r.quantity, r.status, count(c.id) AS changes FROM reservation r"
+                    " JOIN reservation_change c ON c.reservation_id = r.id GROUP BY r.id"
+                )
+            )
+        }
+    assert max(held.values()) <= LIMIT
+
+    # Every acknowledged change is in the database: the last answer for each reservation is
+    # its state, and its history has one line per successful operation.
+    successes: dict[str, list[Outcome]] = defaultdict(list)
+    for outcome in outcomes:
+        if outcome.typename == "ReservationPayload" and outcome.reservation_id:
+            successes[outcome.reservation_id].append(outcome)
+    assert len(rows) == len(successes)
+    for reservation_id, acknowledged in successes.items():
+        row = rows[key_of(reservation_id, "Reservation")]
+        last = acknowledged[-1]
+        assert (row.quantity, row.status) == (last.quantity, last.status)
+        # A repeated cancel returns the reservation unchanged and writes no history.
+        cancelled = any(o.operation == "cancel" for o in acknowledged)
+        changes = sum(o.operation != "cancel" for o in acknowledged) + cancelled
+        assert row.changes == changes
+
+
+def test_slow_database_work_does_not_block_other_requests(
+    database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    """While one request waits on a locked row, /healthz and a query still answer at once."""
+    event_id = insert_event(engine, capacity=5)
+    env = {"DATABASE_URL": database_url, "TICKETING_JWT_SECRET": JWT_SECRET}
+    with serve(env, workers=1, log_dir=tmp_path) as running:
+        blocker = engine.connect()
+        transaction = blocker.begin()
+        blocker.execute(
+            sa.text("SELECT 1 FROM event WHERE id = :id FOR UPDATE"),
+            {"id": key_of(event_id, "Event")},
+        )
+
+        async def main() -> None:
+            async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
+                slow = asyncio.create_task(
+                    http.post(
+                        "/graphql",
+                        headers=auth(),
+                        json={
+                            "query": OPERATIONS["create"],
+                            "variables": {"eventId": event_id, "n": 1},
+                        },
+                    )
+                )
+                await asyncio.sleep(0.5)
+                assert not slow.done()
+                health = await asyncio.wait_for(http.get("/healthz"), timeout=2)
+                assert health.status_code == 200
+                browse = await asyncio.wait_for(
+                    http.post("/graphql", json={"query": "{ events { totalCount } }"}),
+                    timeout=2,
+                )
+                assert browse.json() == {"data": {"events": {"totalCount": 1}}}
+                assert not slow.done()
+                transaction.commit()
+                done = await asyncio.wait_for(slow, timeout=10)
+                result = done.json()["data"]["createReservation"]
+                assert result["__typename"] == "ReservationPayload"
+
+        try:
+            asyncio.run(main())
+        finally:
+            blocker.close()

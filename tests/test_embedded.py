@@ -1,0 +1,41 @@
+"""`ticketing serve` with no DATABASE_URL: a private PostgreSQL, migrated, with demo events."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+
+from tests.servers import serve
+from ticketing.seed import DEMO_EVENTS
+
+QUERY = {"query": "{ events(first: 50) { totalCount } }"}
+
+
+def test_serve_without_database_url_runs_on_an_embedded_database(tmp_path: Path) -> None:
+    env = {"TICKETING_DATA_DIR": str(tmp_path / "data")}
+    with serve(env, cwd=tmp_path, log_dir=tmp_path) as running:
+        events = httpx.post(f"{running.url}/graphql", json=QUERY).json()
+        assert events == {"data": {"events": {"totalCount": len(DEMO_EVENTS)}}}
+        printed = running.output()
+        assert f"Loaded {len(DEMO_EVENTS)} demo events" in printed
+        assert f"{running.url.replace('127.0.0.1', 'localhost')}/graphql" in printed
+        token = re.search(r"Bearer ([\w.-]+)", printed)
+        assert token, printed
+        mine = httpx.post(
+            f"{running.url}/graphql",
+            json={"query": "{ myReservations { totalCount } }"},
+            headers={"Authorization": f"Bearer {token.group(1)}"},
+        )
+        assert mine.json() == {"data": {"myReservations": {"totalCount": 0}}}
+        assert (tmp_path / "data" / "pgdata" / "postmaster.pid").exists()
+    assert running.process.returncode == 0
+    # The private server stops with the service.
+    assert not (tmp_path / "data" / "pgdata" / "postmaster.pid").exists()
+
+    # A second start reuses the data directory and loads nothing again.
+    with serve(env, cwd=tmp_path, log_dir=tmp_path) as running:
+        events = httpx.post(f"{running.url}/graphql", json=QUERY).json()
+        assert events == {"data": {"events": {"totalCount": len(DEMO_EVENTS)}}}
+        assert "demo events" not in running.output()
