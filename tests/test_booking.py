@@ -1,0 +1,123 @@
+"""The booking core on its own: plain Python calls against the database, no GraphQL."""
+
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tests.conftest import insert_event, invariant_violations
+from ticketing.db import Database
+from ticketing.domain import booking, errors, events
+from ticketing.domain.booking import Actor
+from ticketing.domain.models import ReservationStatus
+
+ALICE = Actor("alice")
+
+
+@pytest.fixture
+def db(engine: Engine) -> Database:
+    return Database(engine, max_threads=20)
+
+
+def event_key(engine: Engine, **kwargs: object) -> int:
+    from ticketing.api.ids import key_of
+
+    key = key_of(insert_event(engine, **kwargs), "Event")  # type: ignore[arg-type]
+    assert key is not None
+    return key
+
+
+def test_reserve_then_change_then_cancel(db: Database, engine: Engine) -> None:
+    key = event_key(engine, capacity=10)
+    made = db.transaction(lambda s: booking.reserve(s, event_id=key, actor=ALICE, quantity=4))
+    assert made.event.tickets_available == 6
+    reservation_id = made.reservation.id
+    assert reservation_id is not None
+    grown = db.transaction(
+        lambda s: booking.increase(s, reservation_id=reservation_id, actor=ALICE, quantity=2)
+    )
+    assert (grown.reservation.quantity, grown.event.tickets_available) == (6, 4)
+    shrunk = db.transaction(
+        lambda s: booking.decrease(s, reservation_id=reservation_id, actor=ALICE, quantity=5)
+    )
+    assert (shrunk.reservation.quantity, shrunk.event.tickets_available) == (1, 9)
+    gone = db.transaction(lambda s: booking.cancel(s, reservation_id=reservation_id, actor=ALICE))
+    assert gone.reservation.status == ReservationStatus.CANCELLED
+    assert gone.event.tickets_available == 10
+
+
+def test_a_refusal_rolls_back_the_inventory_change(db: Database, engine: Engine) -> None:
+    key = event_key(engine, capacity=10, max_tickets_per_customer=3)
+    db.transaction(lambda s: booking.reserve(s, event_id=key, actor=ALICE, quantity=3))
+    # The conditional UPDATE takes the tickets before the limit check refuses: it must undo.
+    with pytest.raises(errors.CustomerLimitReached):
+        db.transaction(lambda s: booking.reserve(s, event_id=key, actor=ALICE, quantity=1))
+    with engine.connect() as connection:
+        available = connection.scalar(
+            sa.text("SELECT tickets_available FROM event WHERE id = :id"), {"id": key}
+        )
+    assert available == 7
+
+
+def test_database_constraints_back_the_rules(engine: Engine) -> None:
+    key = event_key(engine, capacity=2)
+    for statement in (
+        "UPDATE event SET tickets_available = -1 WHERE id = :id",
+        "UPDATE event SET tickets_available = capacity + 1 WHERE id = :id",
+        "INSERT INTO reservation (event_id, customer_id, quantity) VALUES (:id, 'x', 0)",
+        "INSERT INTO reservation (event_id, customer_id, quantity, status)"
+        " VALUES (:id, 'x', 1, 'CANCELLED')",
+    ):
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+            connection.execute(sa.text(statement), {"id": key})
+
+
+def test_threads_racing_for_the_last_tickets(db: Database, engine: Engine) -> None:
+    key = event_key(engine, capacity=25, max_tickets_per_customer=3)
+
+    def attempt(index: int) -> str:
+        actor = Actor(f"customer-{index % 10}")
+        try:
+            db.transaction(lambda s: booking.reserve(s, event_id=key, actor=actor, quantity=2))
+        except errors.DomainError as refusal:
+            return type(refusal).__name__
+        return "ok"
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(attempt, range(60)))
+    # 10 customers may hold at most one pair each (limit 3), and 25 tickets fit 12 pairs.
+    assert results.count("ok") == 10
+    assert set(results) == {"ok", "CustomerLimitReached"}
+    assert invariant_violations(engine) == []
+
+
+def test_capacity_changes_race_with_reservations(db: Database, engine: Engine) -> None:
+    key = event_key(engine, capacity=40)
+
+    def reserve(index: int) -> None:
+        actor = Actor(f"c{index}")
+        with contextlib.suppress(errors.NotEnoughTickets):
+            db.transaction(lambda s: booking.reserve(s, event_id=key, actor=actor, quantity=1))
+
+    def shrink(capacity: int) -> None:
+        changes = events.EventChanges(capacity=capacity)
+        with contextlib.suppress(errors.InvalidEvent):
+            db.transaction(lambda s: events.update_event(s, key, changes))
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        futures = [pool.submit(reserve, index) for index in range(60)]
+        futures += [pool.submit(shrink, capacity) for capacity in range(40, 20, -2)]
+        for future in futures:
+            future.result()  # re-raises anything but the expected refusals
+    assert invariant_violations(engine) == []
+
+
+def test_started_events_take_no_reservations(db: Database, engine: Engine) -> None:
+    key = event_key(engine, starts_in=timedelta(minutes=-5))
+    with pytest.raises(errors.EventStarted):
+        db.transaction(lambda s: booking.reserve(s, event_id=key, actor=ALICE, quantity=1))
