@@ -3,6 +3,7 @@ binaries), used when no DATABASE_URL is set."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -28,7 +29,10 @@ def start_embedded_postgres(data_dir: Path) -> EmbeddedDatabase:
             "pip install 'ticketing[embedded]', or set DATABASE_URL."
         ) from error
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
+    with warnings.catch_warnings():
+        # platformdirs warns that XDG_RUNTIME_DIR is unset (as in containers and CI); harmless.
+        warnings.simplefilter("ignore")
+        server = pgserver.get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
     socket_dir = parse_qs(urlsplit(server.get_uri()).query)["host"][0]
     admin_url = f"postgresql+psycopg2://postgres@/postgres?host={socket_dir}"
     engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Only for local development; production mode (TICKETING_ENV=production) refuses to use it.
+# Only for local development: `ticketing serve` prints a demo token while it is in use.
 DEVELOPMENT_JWT_SECRET = "ticketing-development-secret-change-me-0123456789"  # noqa: S105
 
 
@@ -23,7 +23,6 @@ class Settings(BaseSettings):
         populate_by_name=True,
     )
 
-    env: Literal["development", "production"] = "development"
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     data_dir: Path = Path(".ticketing")
     jwt_secret: SecretStr = SecretStr(DEVELOPMENT_JWT_SECRET)
