@@ -84,7 +84,9 @@ class GraphQLEndpoint:
                 request_id,
                 {"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
-        context = Context(db=self.db, viewer=viewer, request_id=request_id)
+        context = Context(
+            db=self.db, viewer=viewer, request_id=request_id, operation_name=params.operation_name
+        )
         try:
             result = await self.schema.execute(
                 params.query,
@@ -208,6 +210,7 @@ def _params_from(raw: dict[str, Any]) -> GraphQLParams:
 def _result_response(result: ExecutionResult, media_type: str, request_id: str) -> Response:
     errors = [_formatted(error) for error in result.errors or []]
     body: dict[str, Any] = {}
+    headers: dict[str, str] = {}
     status = 200
     if errors and result.data is None and all(error.path is None for error in result.errors or []):
         # A request error: nothing was executed, so the response has no `data` entry.
@@ -218,9 +221,10 @@ def _result_response(result: ExecutionResult, media_type: str, request_id: str) 
         body["errors"] = errors
         if any(e.get("extensions", {}).get("code") == ErrorCode.UNAUTHENTICATED for e in errors):
             status = 401
+            headers["WWW-Authenticate"] = "Bearer"
     if result.extensions:
         body["extensions"] = result.extensions
-    return _json_response(body, status, media_type, request_id)
+    return _json_response(body, status, media_type, request_id, headers)
 
 
 def _formatted(error: GraphQLError) -> dict[str, Any]:

@@ -25,6 +25,8 @@ class Context:
     db: Database
     viewer: Actor | None
     request_id: str
+    # As the client sent it: Strawberry fills in the first operation's name when it is missing.
+    operation_name: str | None = None
     loaders: Loaders = field(init=False)
 
     def __post_init__(self) -> None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import strawberry
-from graphql import GraphQLError
-from strawberry.extensions import MaskErrors, ParserCache, ValidationCache
+from graphql import GraphQLError, OperationDefinitionNode
+from strawberry.extensions import MaskErrors, ParserCache, SchemaExtension, ValidationCache
 from strawberry.types import ExecutionContext
 
 from ticketing.api.context import Context
-from ticketing.api.errors import ErrorCode
+from ticketing.api.errors import ErrorCode, request_error
 from ticketing.api.mutations import Mutation
 from ticketing.api.queries import Query
 from ticketing.api.types import Event, Reservation
@@ -46,6 +47,28 @@ class MaskUnexpectedErrors(MaskErrors):
         return masked
 
 
+class RequireOperationName(SchemaExtension):
+    """The GraphQL spec requires `operationName` for a document with several operations;
+    without this, Strawberry would silently run the first one."""
+
+    def on_validate(self) -> Iterator[None]:
+        # Before the yield: Strawberry checks for errors before the hooks' exits run.
+        context = self.execution_context.context
+        document = self.execution_context.graphql_document
+        if isinstance(context, Context) and not context.operation_name and document is not None:
+            operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+            if len(operations) > 1:
+                self.execution_context.pre_execution_errors = [
+                    *(self.execution_context.pre_execution_errors or []),
+                    request_error(
+                        ErrorCode.BAD_USER_INPUT,
+                        "The document has several operations: name the one to run in "
+                        "`operationName`.",
+                    ),
+                ]
+        yield
+
+
 class TicketingSchema(strawberry.Schema):
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
@@ -70,6 +93,7 @@ def build_schema() -> strawberry.Schema:
             # Factories: the caches themselves are shared, bounded LRUs.
             lambda: ParserCache(maxsize=1024),
             lambda: ValidationCache(maxsize=1024),
+            RequireOperationName,
             MaskUnexpectedErrors,
         ],
     )

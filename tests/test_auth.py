@@ -1,0 +1,352 @@
+"""Identity: bearer tokens that are refused, what anonymous viewers and customers may do,
+and the `ticketing token` command."""
+
+from __future__ import annotations
+
+import base64
+import json
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+import pytest
+from jwt.warnings import InsecureKeyLengthWarning
+from sqlalchemy.engine import Engine
+from starlette.testclient import TestClient
+
+from tests.conftest import JWT_SECRET, ORGANIZER, auth, data, gql, insert_event, snapshot
+from ticketing import cli
+from ticketing.settings import get_settings
+
+COUNT_EVENTS = "{ events { totalCount } }"
+MY_RESERVATIONS = "{ myReservations { totalCount } }"
+OTHER_SECRET = "another-secret-that-is-also-long-enough-for-hs256-9876543210"
+MISSING = object()
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    """Valid claims for alice, with some replaced (or removed, given MISSING)."""
+    now = datetime.now(UTC)
+    made: dict[str, Any] = {
+        "sub": "alice",
+        "roles": [],
+        "iat": now,
+        "exp": now + timedelta(hours=1),
+    }
+    for name, value in overrides.items():
+        if value is MISSING:
+            del made[name]
+        else:
+            made[name] = value
+    return made
+
+
+def sign(payload: dict[str, Any], secret: str = JWT_SECRET, algorithm: str = "HS256") -> str:
+    with warnings.catch_warnings():
+        # HS512 with the (HS256-sized) test secret warns about the key length.
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+        return jwt.encode(payload, secret, algorithm=algorithm)
+
+
+def b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def tampered_token() -> str:
+    """A validly signed customer token whose payload was then edited to grant `organizer`."""
+    header, payload, signature = sign(claims()).split(".")
+    decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    decoded["roles"] = ["organizer"]
+    forged = b64url(json.dumps(decoded, separators=(",", ":")).encode())
+    assert forged != payload
+    return f"{header}.{forged}.{signature}"
+
+
+def one_character_changed_token() -> str:
+    header, payload, signature = sign(claims()).split(".")
+    middle = len(payload) // 2
+    changed = payload[:middle] + ("A" if payload[middle] != "A" else "B") + payload[middle + 1 :]
+    return f"{header}.{changed}.{signature}"
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+BAD_AUTHORIZATION = [
+    pytest.param(bearer(sign(claims(exp=datetime.now(UTC) - timedelta(minutes=5)))), id="expired"),
+    pytest.param(bearer(tampered_token()), id="payload-tampered"),
+    pytest.param(bearer(one_character_changed_token()), id="one-payload-character-changed"),
+    pytest.param(bearer(sign(claims(), secret=OTHER_SECRET)), id="other-secret"),
+    pytest.param(bearer(sign(claims(), algorithm="HS512")), id="other-algorithm-hs512"),
+    pytest.param(bearer(jwt.encode(claims(), key="", algorithm="none")), id="alg-none"),
+    pytest.param(
+        bearer(jwt.encode(claims(roles=["organizer"]), key="", algorithm="none")),
+        id="alg-none-organizer",
+    ),
+    pytest.param(bearer(sign(claims(exp=MISSING))), id="missing-exp"),
+    pytest.param(bearer(sign(claims(sub=MISSING))), id="missing-sub"),
+    pytest.param(bearer(sign(claims(sub=None))), id="null-sub"),
+    pytest.param(bearer(sign(claims(sub=42))), id="integer-sub"),
+    pytest.param(bearer(sign(claims(sub=["alice"]))), id="list-sub"),
+    pytest.param(bearer(sign(claims(sub=""))), id="empty-sub"),
+    pytest.param(bearer(sign(claims(sub="   "))), id="blank-sub"),
+    pytest.param(bearer(sign(claims(roles="organizer"))), id="roles-string"),
+    pytest.param(bearer(sign(claims(roles={"organizer": True}))), id="roles-object"),
+    pytest.param(bearer(sign(claims(roles=["organizer", 1]))), id="roles-non-string-item"),
+    pytest.param(
+        bearer(sign(claims(nbf=datetime.now(UTC) + timedelta(hours=1)))), id="not-yet-valid"
+    ),
+    pytest.param(f"Basic {base64.b64encode(b'alice:secret').decode()}", id="basic-scheme"),
+    pytest.param("Basic xyz", id="basic-xyz"),
+    pytest.param(f"Token {sign(claims())}", id="token-scheme"),
+    pytest.param(sign(claims()), id="no-scheme"),
+    pytest.param("Bearer", id="bearer-without-token"),
+    pytest.param("Bearer garbage", id="garbage"),
+    pytest.param("Bearer a.b.c", id="garbage-three-parts"),
+]
+
+
+@pytest.fixture
+def settings_cache() -> Iterator[None]:
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+# --- Refused credentials ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("authorization", BAD_AUTHORIZATION)
+def test_bad_credentials_are_refused_even_for_anonymous_queries(
+    client: TestClient, engine: Engine, authorization: str
+) -> None:
+    insert_event(engine)
+    response = client.post(
+        "/graphql", json={"query": COUNT_EVENTS}, headers={"Authorization": authorization}
+    )
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    body = response.json()
+    assert "data" not in body
+    [error] = body["errors"]
+    assert error["extensions"]["code"] == "UNAUTHENTICATED"
+    assert error["message"]
+
+
+@pytest.mark.parametrize("authorization", BAD_AUTHORIZATION[:3])
+def test_bad_credentials_are_refused_over_get(client: TestClient, authorization: str) -> None:
+    response = client.get(
+        "/graphql", params={"query": COUNT_EVENTS}, headers={"Authorization": authorization}
+    )
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+def test_bad_credentials_on_a_mutation_change_nothing(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine)
+    before = snapshot(engine)
+    forged = tampered_token()
+    body = gql(
+        client,
+        "mutation($id: ID!) { cancelEvent(input: {eventId: $id}) { __typename } }",
+        {"id": event_id},
+        headers={"Authorization": bearer(forged)},
+        expect_status=401,
+    )
+    assert "data" not in body
+    assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    assert snapshot(engine) == before
+
+
+# --- Accepted credentials (controls for the refusals above) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        pytest.param(bearer(sign(claims())), id="crafted-like-the-refused-ones"),
+        pytest.param(bearer(sign(claims(roles=MISSING))), id="without-roles"),
+        pytest.param(bearer(sign(claims(iat=MISSING))), id="without-iat"),
+        pytest.param(f"bearer {sign(claims())}", id="lower-case-scheme"),
+        pytest.param(f"BEARER {sign(claims())}", id="upper-case-scheme"),
+    ],
+)
+def test_valid_token_identifies_the_customer(client: TestClient, authorization: str) -> None:
+    result = data(client, MY_RESERVATIONS, headers={"Authorization": authorization})
+    assert result == {"myReservations": {"totalCount": 0}}
+
+
+def test_token_identifies_whose_reservations_are_listed(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine)
+    reserve = (
+        "mutation($input: CreateReservationInput!) {"
+        " createReservation(input: $input) { __typename } }"
+    )
+    for quantity in (1, 2):
+        done = data(
+            client,
+            reserve,
+            {"input": {"eventId": event_id, "quantity": quantity}},
+            headers={"Authorization": bearer(sign(claims(sub="bob")))},
+        )
+        assert done == {"createReservation": {"__typename": "ReservationPayload"}}
+    query = "{ myReservations { totalCount edges { node { customer quantity } } } }"
+    bobs = data(client, query, headers=auth("bob"))["myReservations"]
+    assert bobs["totalCount"] == 2
+    assert sorted((e["node"]["customer"], e["node"]["quantity"]) for e in bobs["edges"]) == [
+        ("bob", 1),
+        ("bob", 2),
+    ]
+    assert data(client, query, headers=auth("carol"))["myReservations"]["totalCount"] == 0
+
+
+# --- Anonymous viewers ------------------------------------------------------------------------
+
+
+def test_no_token_is_fine_for_events(client: TestClient, engine: Engine) -> None:
+    insert_event(engine)
+    response = client.post("/graphql", json={"query": COUNT_EVENTS})
+    assert "authorization" not in response.request.headers
+    assert response.status_code == 200, response.text
+    assert response.json() == {"data": {"events": {"totalCount": 1}}}
+
+
+def test_my_reservations_without_token_is_401_unauthenticated(client: TestClient) -> None:
+    body = gql(client, MY_RESERVATIONS, expect_status=401)
+    assert body["data"] is None
+    [error] = body["errors"]
+    assert error["extensions"]["code"] == "UNAUTHENTICATED"
+    assert error["path"] == ["myReservations"]
+
+
+def test_401_for_a_missing_token_carries_a_bearer_challenge(client: TestClient) -> None:
+    """RFC 9110 §15.5.2: a 401 response MUST send WWW-Authenticate with a challenge."""
+    response = client.post("/graphql", json={"query": MY_RESERVATIONS})
+    assert response.status_code == 401, response.text
+    assert response.headers.get("www-authenticate", "").startswith("Bearer")
+
+
+# --- Customers may not run events -------------------------------------------------------------
+
+CREATE_EVENT = "mutation($input: CreateEventInput!) { createEvent(input: $input) { __typename } }"
+UPDATE_EVENT = "mutation($input: UpdateEventInput!) { updateEvent(input: $input) { __typename } }"
+CANCEL_EVENT = "mutation($input: CancelEventInput!) { cancelEvent(input: $input) { __typename } }"
+
+
+def event_mutation(name: str, event_id: str) -> tuple[str, dict[str, Any]]:
+    """A minimal, otherwise valid request for one of the organizer-only mutations."""
+    if name == "createEvent":
+        starts_at = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+        new = {"name": "Gala", "venue": "Opera", "startsAt": starts_at, "capacity": 50}
+        return CREATE_EVENT, {"input": new}
+    if name == "updateEvent":
+        return UPDATE_EVENT, {"input": {"eventId": event_id, "name": "Renamed", "capacity": 99}}
+    return CANCEL_EVENT, {"input": {"eventId": event_id}}
+
+
+EVENT_MUTATIONS = ["createEvent", "updateEvent", "cancelEvent"]
+
+
+@pytest.mark.parametrize("mutation", EVENT_MUTATIONS)
+def test_customer_may_not_run_event_mutations(
+    client: TestClient, engine: Engine, mutation: str
+) -> None:
+    event_id = insert_event(engine)
+    query, variables = event_mutation(mutation, event_id)
+    before = snapshot(engine)
+    body = gql(client, query, variables, headers=auth("alice"))
+    assert body["data"] is None
+    [error] = body["errors"]
+    assert error["extensions"]["code"] == "FORBIDDEN"
+    assert error["path"] == [mutation]
+    assert snapshot(engine) == before
+
+
+@pytest.mark.parametrize("mutation", EVENT_MUTATIONS)
+def test_customer_with_other_roles_may_not_run_event_mutations(
+    client: TestClient, engine: Engine, mutation: str
+) -> None:
+    event_id = insert_event(engine)
+    query, variables = event_mutation(mutation, event_id)
+    before = snapshot(engine)
+    token = sign(claims(roles=["admin", "Organizer", "organizers"]))
+    body = gql(client, query, variables, headers={"Authorization": bearer(token)})
+    assert body["data"] is None
+    assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    assert snapshot(engine) == before
+
+
+@pytest.mark.parametrize("mutation", EVENT_MUTATIONS)
+def test_anonymous_may_not_run_event_mutations(
+    client: TestClient, engine: Engine, mutation: str
+) -> None:
+    event_id = insert_event(engine)
+    query, variables = event_mutation(mutation, event_id)
+    before = snapshot(engine)
+    body = gql(client, query, variables, expect_status=401)
+    assert body["data"] is None
+    assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    assert snapshot(engine) == before
+
+
+@pytest.mark.parametrize("mutation", EVENT_MUTATIONS)
+def test_organizer_may_run_the_same_event_mutations(
+    client: TestClient, engine: Engine, mutation: str
+) -> None:
+    """The control for the refusals: the very same requests succeed for an organizer."""
+    event_id = insert_event(engine)
+    query, variables = event_mutation(mutation, event_id)
+    before = snapshot(engine)
+    result = data(client, query, variables, headers=ORGANIZER)
+    assert result == {mutation: {"__typename": "EventPayload"}}
+    assert snapshot(engine) != before
+
+
+# --- The `ticketing token` command ------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("settings_cache")
+def test_token_command_mints_an_organizer_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TICKETING_JWT_SECRET", JWT_SECRET)
+    assert cli.main(["token", "--subject", "zoe", "--organizer"]) == 0
+    printed = capsys.readouterr().out.strip()
+    decoded = jwt.decode(printed, JWT_SECRET, algorithms=["HS256"])
+    assert decoded["sub"] == "zoe"
+    assert decoded["roles"] == ["organizer"]
+    lifetime = decoded["exp"] - datetime.now(UTC).timestamp()
+    assert 23 * 3600 < lifetime <= 24 * 3600
+
+
+@pytest.mark.usefixtures("settings_cache")
+def test_token_command_defaults_to_a_customer_with_the_given_lifetime(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TICKETING_JWT_SECRET", JWT_SECRET)
+    assert cli.main(["token", "--subject", "zoe", "--hours", "2"]) == 0
+    printed = capsys.readouterr().out.strip()
+    decoded = jwt.decode(printed, JWT_SECRET, algorithms=["HS256"])
+    assert decoded["sub"] == "zoe"
+    assert decoded["roles"] == []
+    assert decoded["exp"] - decoded["iat"] == 2 * 3600
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(printed, OTHER_SECRET, algorithms=["HS256"])
+
+
+@pytest.mark.usefixtures("settings_cache")
+def test_token_from_the_command_lets_an_organizer_create_an_event(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TICKETING_JWT_SECRET", JWT_SECRET)
+    assert cli.main(["token", "--subject", "zoe", "--organizer"]) == 0
+    printed = capsys.readouterr().out.strip()
+    query, variables = event_mutation("createEvent", "")
+    query = query.replace("{ __typename }", "{ ... on EventPayload { event { name } } }")
+    result = data(client, query, variables, headers={"Authorization": bearer(printed)})
+    assert result == {"createEvent": {"event": {"name": "Gala"}}}
+    assert data(client, COUNT_EVENTS) == {"events": {"totalCount": 1}}

@@ -1,0 +1,109 @@
+"""The container files: Dockerfile and docker-compose.yml lint clean and keep their promises.
+
+No database and no Docker engine needed: hadolint and check-jsonschema come with the `dev` extra.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # PyYAML: a dependency of uvicorn[standard]
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+def _tool(name: str) -> str:
+    """A console script of the dev extra: next to this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} not found: install the dev extra (pip install -e '.[dev]')")
+    return found
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+
+
+def _compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """The Dockerfile's instructions as (KEYWORD, arguments), continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    found = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            keyword, _, rest = stripped.partition(" ")
+            found.append((keyword.upper(), rest.strip()))
+    return found
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = _run(_tool("hadolint"), "--no-color", "--failure-threshold", "style", "Dockerfile")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == ""
+    assert result.stderr.strip() == ""
+
+
+def test_compose_file_matches_the_compose_spec() -> None:
+    result = _run(
+        _tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_app_waits_for_a_healthy_database_with_persistent_data() -> None:
+    compose = _compose()
+    assert "version" not in compose, "the top-level version key is obsolete"
+    services = compose["services"]
+    app, db = services["app"], services["db"]
+
+    assert app["depends_on"]["db"]["condition"] == "service_healthy"
+    assert "pg_isready" in " ".join(db["healthcheck"]["test"])
+    assert "healthcheck" in app
+
+    volume_names = {str(v).split(":", 1)[0] for v in db["volumes"]}
+    assert "pgdata" in volume_names
+    assert "pgdata" in compose["volumes"]
+
+    assert any(str(port).split(":")[-1] == "8000" for port in app["ports"])
+    environment = app["environment"]
+    assert environment["DATABASE_URL"].startswith("postgresql+psycopg2://")
+    assert "@db:5432/" in environment["DATABASE_URL"]
+    assert "TICKETING_JWT_SECRET" in environment
+
+
+def test_dockerfile_runs_as_non_root_with_a_healthcheck_and_no_dev_extra() -> None:
+    instructions = _instructions()
+    keywords = [keyword for keyword, _ in instructions]
+
+    users = [rest for keyword, rest in instructions if keyword == "USER"]
+    assert users, "the image must switch to a non-root USER"
+    assert users[-1].split(":")[0] not in {"root", "0"}
+
+    assert "HEALTHCHECK" in keywords
+    healthcheck = next(rest for keyword, rest in instructions if keyword == "HEALTHCHECK")
+    assert "/healthz" in healthcheck
+
+    assert "EXPOSE" in keywords
+    runs = " ".join(rest for keyword, rest in instructions if keyword == "RUN")
+    assert "pip install" in runs
+    extras = re.findall(r"\[([^\]]*)\]", runs)
+    for wanted in extras:
+        assert not {"dev", "embedded"} & {e.strip() for e in wanted.split(",")}, runs
+    assert "requirements-dev" not in runs
