@@ -340,6 +340,20 @@ def test_cancel_event_cancels_its_reservations(client: TestClient, engine: Engin
     before = snapshot(engine)
     again = data(client, CANCEL_EVENT, {"id": event_id}, headers=ORGANIZER)["cancelEvent"]
     assert again["event"]["status"] == "CANCELLED"
+    # Its reservations say why they can't change, and cancelling them again is a no-op.
+    reservation_id = data(
+        client, "{ myReservations(status: CANCELLED) { edges { node { id } } } }", headers=auth()
+    )["myReservations"]["edges"][0]["node"]["id"]
+    update = """mutation($id: ID!) { updateReservation(input: {reservationId: $id,
+        operation: INCREASE, quantity: 1}) { __typename } }"""
+    assert data(client, update, {"id": reservation_id}, headers=auth())["updateReservation"] == {
+        "__typename": "EventCancelled"
+    }
+    cancel = """mutation($id: ID!) { cancelReservation(input: {reservationId: $id}) {
+        __typename ... on ReservationPayload { reservation { status } } } }"""
+    assert data(client, cancel, {"id": reservation_id}, headers=auth())["cancelReservation"][
+        "reservation"
+    ] == {"status": "CANCELLED"}
     assert snapshot(engine) == before
 
 

@@ -175,10 +175,11 @@ def _lock_owned(
 
 
 def _require_changeable(event: Event, reservation: Reservation, started: bool) -> None:
-    if reservation.status == ReservationStatus.CANCELLED:
-        raise ReservationCancelled()
+    # The event's state first: it explains why its reservations were cancelled.
     if event.status == EventStatus.CANCELLED:
         raise EventCancelled()
+    if reservation.status == ReservationStatus.CANCELLED:
+        raise ReservationCancelled()
     if started:
         raise EventStarted()
 
