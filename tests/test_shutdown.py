@@ -1,0 +1,70 @@
+"""Graceful shutdown of a real server process: on SIGTERM it stops accepting, finishes the
+mutations in flight, and exits cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tests.conftest import JWT_SECRET, auth, insert_event, invariant_violations
+from tests.servers import serve
+from ticketing.api.ids import key_of
+
+RESERVE = """mutation($id: ID!) { createReservation(input: {eventId: $id, quantity: 2}) {
+    __typename ... on ReservationPayload { reservation { id } } } }"""
+
+
+def test_sigterm_finishes_in_flight_mutations_then_exits(
+    database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    event_id = insert_event(engine, capacity=10)
+    env = {"DATABASE_URL": database_url, "TICKETING_JWT_SECRET": JWT_SECRET}
+    with serve(env, log_dir=tmp_path) as running:
+        # Hold the event's row so the mutation is still running when SIGTERM arrives.
+        blocker = engine.connect()
+        transaction = blocker.begin()
+        blocker.execute(
+            sa.text("SELECT 1 FROM event WHERE id = :id FOR UPDATE"),
+            {"id": key_of(event_id, "Event")},
+        )
+
+        async def main() -> None:
+            async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
+                in_flight = asyncio.create_task(
+                    http.post(
+                        "/graphql",
+                        json={"query": RESERVE, "variables": {"id": event_id}},
+                        headers=auth(),
+                    )
+                )
+                await asyncio.sleep(0.5)
+                running.process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.5)
+                assert running.process.poll() is None, "exited with a request in flight"
+                # No new connections are accepted any more.
+                try:
+                    async with httpx.AsyncClient(timeout=2) as fresh:
+                        await fresh.get(f"{running.url}/healthz")
+                    accepted = True
+                except httpx.TransportError:
+                    accepted = False
+                assert not accepted
+                transaction.commit()
+                answer = await asyncio.wait_for(in_flight, timeout=10)
+                assert answer.status_code == 200
+                result = answer.json()["data"]["createReservation"]
+                assert result["__typename"] == "ReservationPayload"
+
+        try:
+            asyncio.run(main())
+        finally:
+            blocker.close()
+        assert running.process.wait(timeout=15) == 0
+    with engine.connect() as connection:
+        assert connection.scalar(sa.text("SELECT count(*) FROM reservation")) == 1
+    assert invariant_violations(engine) == []
