@@ -10,6 +10,7 @@ from ticketing.domain.booking import Actor
 
 ALGORITHM = "HS256"
 ORGANIZER_ROLE = "organizer"
+MAX_SUBJECT_LENGTH = 255  # customer ids are stored and indexed
 
 
 class AuthenticationError(Exception):
@@ -34,11 +35,23 @@ def authenticate(authorization: str | None, secret: str) -> Actor | None:
     except jwt.InvalidTokenError as error:
         raise AuthenticationError("The token is invalid.") from error
     subject, roles = claims["sub"], claims.get("roles", [])
-    if not isinstance(subject, str) or not subject.strip():
-        raise AuthenticationError("The token's subject must be a non-empty string.")
+    if not _is_customer_id(subject):
+        raise AuthenticationError(
+            f"The token's subject must be a printable string of 1 to {MAX_SUBJECT_LENGTH} "
+            "characters."
+        )
     if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
         raise AuthenticationError("The token's roles must be a list of strings.")
     return Actor(customer_id=subject, is_organizer=ORGANIZER_ROLE in roles)
+
+
+def _is_customer_id(subject: object) -> bool:
+    return (
+        isinstance(subject, str)
+        and 0 < len(subject) <= MAX_SUBJECT_LENGTH
+        and subject.strip() == subject
+        and subject.isprintable()
+    )
 
 
 def mint_token(secret: str, subject: str, *, roles: list[str] | None = None, ttl: timedelta) -> str:

@@ -27,7 +27,14 @@ def create_db_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> 
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_pre_ping=True,
-        connect_args={"application_name": "ticketing", "connect_timeout": 5},
+        # The booking locks are designed for READ COMMITTED: each statement after a lock sees
+        # what was committed before it. UTC sessions keep every timestamp readable.
+        isolation_level="READ COMMITTED",
+        connect_args={
+            "application_name": "ticketing",
+            "connect_timeout": 5,
+            "options": "-c timezone=UTC",
+        },
     )
 
 

@@ -15,7 +15,6 @@ from typing import Any
 from graphql import GraphQLError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from strawberry.exceptions import MissingQueryError
 from strawberry.http.ides import get_graphql_ide_html
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionResult
@@ -105,13 +104,10 @@ class GraphQLEndpoint:
                 request_id,
                 {"Allow": "POST"},
             )
-        except (CannotGetOperationTypeError, MissingQueryError) as error:
-            message = (
-                error.as_http_error_reason()
-                if isinstance(error, CannotGetOperationTypeError)
-                else "No GraphQL query found in the request."
+        except CannotGetOperationTypeError as error:
+            return _error_response(
+                400, error.as_http_error_reason(), ErrorCode.BAD_USER_INPUT, media_type, request_id
             )
-            return _error_response(400, message, ErrorCode.BAD_USER_INPUT, media_type, request_id)
         return _result_response(result, media_type, request_id)
 
     def _wants_ide(self, request: Request) -> bool:
@@ -189,7 +185,7 @@ async def _read_params(request: Request) -> GraphQLParams:
 def _parse_json(text: str | bytes, what: str) -> Any:
     try:
         return json.loads(text)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:
         raise RequestError(400, f"The {what} is not valid JSON.") from error
 
 
@@ -204,6 +200,11 @@ def _params_from(raw: dict[str, Any]) -> GraphQLParams:
         raise RequestError(400, "The `operationName` parameter must be a string.")
     if extensions is not None and not isinstance(extensions, dict):
         raise RequestError(400, "The `extensions` parameter must be an object.")
+    try:
+        # JSON escapes can smuggle in lone surrogates, which no UTF-8 answer could echo back.
+        json.dumps(raw, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise RequestError(400, "Strings must be valid Unicode (no lone surrogates).") from error
     return GraphQLParams(query, variables, operation_name, extensions)
 
 
@@ -236,14 +237,14 @@ def _formatted(error: GraphQLError) -> dict[str, Any]:
 
 
 def _request_error_code(error: GraphQLError) -> ErrorCode:
-    """A code for errors that graphql-core raises without one."""
+    """A code for the errors graphql-core raises without one: problems with the request.
+    (Faults of the server carry INTERNAL_SERVER_ERROR already; see api/schema.py.)"""
     if error.message.startswith("Syntax Error"):
         return ErrorCode.GRAPHQL_PARSE_FAILED
-    if error.path is None and error.message.startswith("Variable "):
-        return ErrorCode.BAD_USER_INPUT
-    if error.path is None:
+    if error.path is None and not error.message.startswith("Variable "):
         return ErrorCode.GRAPHQL_VALIDATION_FAILED
-    return ErrorCode.INTERNAL_SERVER_ERROR
+    # Variable values, and argument values refused while executing a field.
+    return ErrorCode.BAD_USER_INPUT
 
 
 def _error_response(

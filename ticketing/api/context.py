@@ -15,7 +15,7 @@ from ticketing.api.errors import ErrorCode, request_error
 from ticketing.db import Database
 from ticketing.domain import catalog
 from ticketing.domain.booking import Actor
-from ticketing.domain.models import Event, ReservationChange
+from ticketing.domain.models import Event, Reservation, ReservationChange
 
 T = TypeVar("T")
 
@@ -56,10 +56,24 @@ class Loaders:
     def __init__(self, db: Database) -> None:
         self._db = db
         self.event = DataLoader[int, Event | None](self._load_events)
+        self.reservation = DataLoader[int, Reservation | None](self._load_reservations)
         self.history = DataLoader[int, list[ReservationChange]](self._load_history)
+
+    def forget_all(self, *, fresh_event: Event) -> None:
+        """After a mutation: what this request loaded before may be stale now (a request may
+        run several mutations), and the event it changed is known."""
+        self.event.clear_all()
+        self.reservation.clear_all()
+        self.history.clear_all()
+        assert fresh_event.id is not None
+        self.event.prime(fresh_event.id, fresh_event)
 
     async def _load_events(self, ids: list[int]) -> list[Event | None]:
         found = await self._db.run(_bound(catalog.events_by_id, ids))
+        return [found.get(key) for key in ids]
+
+    async def _load_reservations(self, ids: list[int]) -> list[Reservation | None]:
+        found = await self._db.run(_bound(catalog.reservations_by_id, ids))
         return [found.get(key) for key in ids]
 
     async def _load_history(self, ids: list[int]) -> list[list[ReservationChange]]:

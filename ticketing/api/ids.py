@@ -22,8 +22,10 @@ def parse_global_id(global_id: str) -> tuple[str, int] | None:
         type_name, _, key = base64.urlsafe_b64decode(padded.encode("ascii")).decode().partition(":")
     except (UnicodeError, binascii.Error, ValueError):
         return None
-    # Only the canonical spelling: no signs, spaces, leading zeros or non-ASCII digits.
-    if not (key.isascii() and key.isdigit() and str(int(key)) == key and 0 < int(key) <= MAX_KEY):
+    if not (key.isascii() and key.isdigit() and 0 < int(key) <= MAX_KEY):
+        return None
+    # Only the canonical spelling: one ID per object (no padding, signs or leading zeros).
+    if to_global_id(type_name, int(key)) != global_id:
         return None
     return type_name, int(key)
 

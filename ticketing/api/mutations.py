@@ -26,7 +26,7 @@ from ticketing.api.errors import (
 )
 from ticketing.api.ids import key_of
 from ticketing.api.types import Event, Reservation
-from ticketing.domain import booking, events
+from ticketing.domain import booking, events, models
 from ticketing.domain.errors import DomainError
 
 
@@ -170,7 +170,7 @@ CreateEventResult: TypeAlias = Annotated[
     strawberry.union("CreateEventResult", description="The new event, or why it was refused."),
 ]
 UpdateEventResult: TypeAlias = Annotated[
-    EventPayload | NotFound | InvalidEvent | EventCancelled,
+    EventPayload | NotFound | InvalidEvent | EventCancelled | EventStarted,
     strawberry.union("UpdateEventResult", description="The changed event, or why it was refused."),
 ]
 CancelEventResult: TypeAlias = Annotated[
@@ -326,14 +326,18 @@ async def _book(
         done = await info.context.db.run(work)
     except DomainError as refusal:
         return to_graphql(refusal)
+    info.context.loaders.forget_all(fresh_event=done.event)
     return ReservationPayload.from_booking(done)
 
 
-async def _change_event(info: Info, work: Callable[[Session], Any]) -> EventPayload | Error:
+async def _change_event(
+    info: Info, work: Callable[[Session], models.Event]
+) -> EventPayload | Error:
     try:
         event = await info.context.db.run(work)
     except DomainError as refusal:
         return to_graphql(refusal)
+    info.context.loaders.forget_all(fresh_event=event)
     return EventPayload(event=Event.from_model(event))
 
 

@@ -6,20 +6,33 @@ import base64
 import binascii
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import strawberry
 
 from ticketing.api.errors import ErrorCode, request_error
+from ticketing.api.ids import MAX_KEY
 
 NodeT = TypeVar("NodeT")
 RowT = TypeVar("RowT")
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
+MAX_CURSOR_TEXT = 1000
 
-FIRST_DESCRIPTION = f"How many items to return, from 1 to {MAX_PAGE_SIZE}."
-AFTER_DESCRIPTION = "Return the items after this cursor (an `endCursor` or edge `cursor`)."
+First = Annotated[
+    int | None,
+    strawberry.argument(
+        description=f"How many items to return, from 1 to {MAX_PAGE_SIZE}; null means "
+        f"{DEFAULT_PAGE_SIZE}."
+    ),
+]
+After = Annotated[
+    str | None,
+    strawberry.argument(
+        description="Return the items after this cursor (an `endCursor` or edge `cursor`)."
+    ),
+]
 
 
 @strawberry.type(description="Where a page sits in its connection (Relay connection spec).")
@@ -57,7 +70,10 @@ class Connection(Generic[NodeT]):
         return await self.count()
 
 
-def check_page_size(first: int) -> int:
+def page_size(first: int | None) -> int:
+    """The page size asked for; null means the default."""
+    if first is None:
+        return DEFAULT_PAGE_SIZE
     if not 1 <= first <= MAX_PAGE_SIZE:
         raise request_error(
             ErrorCode.BAD_USER_INPUT, f"`first` must be between 1 and {MAX_PAGE_SIZE}."
@@ -74,11 +90,18 @@ def decode_cursor(cursor: str) -> list[Any]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         position = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (UnicodeError, binascii.Error, ValueError):
+    except (UnicodeError, binascii.Error, ValueError, RecursionError):
         position = None
-    if not isinstance(position, list):
+    if not isinstance(position, list) or not all(map(_is_position_value, position)):
         raise invalid_cursor()
     return position
+
+
+def _is_position_value(value: object) -> bool:
+    """Keys and sort values as our cursors hold them; nothing the database would choke on."""
+    if type(value) is int:  # not bool
+        return 0 < value <= MAX_KEY
+    return type(value) is str and len(value) <= MAX_CURSOR_TEXT and "\x00" not in value
 
 
 def invalid_cursor() -> Exception:

@@ -9,16 +9,17 @@ from typing import Annotated, Any
 import strawberry
 
 from ticketing.api.context import Info
+from ticketing.api.errors import ErrorCode, request_error
 from ticketing.api.ids import key_of, parse_global_id
 from ticketing.api.pagination import (
-    AFTER_DESCRIPTION,
     DEFAULT_PAGE_SIZE,
-    FIRST_DESCRIPTION,
+    After,
     Connection,
+    First,
     build_connection,
-    check_page_size,
     decode_cursor,
     invalid_cursor,
+    page_size,
 )
 from ticketing.api.types import (
     Event,
@@ -28,7 +29,8 @@ from ticketing.api.types import (
     reservation_connection,
 )
 from ticketing.domain import catalog
-from ticketing.domain.booking import Actor
+
+MAX_SEARCH_LENGTH = 200
 
 
 @strawberry.enum(description="Orders for the `events` list.")
@@ -55,6 +57,27 @@ class EventFilter:
     available_only: bool = strawberry.field(
         default=False, description="Only events on sale with at least one ticket available."
     )
+
+    def to_domain(self) -> catalog.EventFilter:
+        for name, moment in (
+            ("startsAfter", self.starts_after),
+            ("startsBefore", self.starts_before),
+        ):
+            if moment is not None and moment.tzinfo is None:
+                raise request_error(ErrorCode.BAD_USER_INPUT, f"`{name}` needs a time zone.")
+        if self.search is not None and (
+            len(self.search) > MAX_SEARCH_LENGTH or "\x00" in self.search
+        ):
+            raise request_error(
+                ErrorCode.BAD_USER_INPUT,
+                f"`search` must be at most {MAX_SEARCH_LENGTH} characters, without NUL.",
+            )
+        return catalog.EventFilter(
+            starts_after=self.starts_after,
+            starts_before=self.starts_before,
+            search=self.search,
+            available_only=self.available_only,
+        )
 
 
 @strawberry.type(description="Read the catalogue of events and your reservations.")
@@ -104,29 +127,22 @@ class Query:
     async def events(
         self,
         info: Info,
-        first: Annotated[int, strawberry.argument(description=FIRST_DESCRIPTION)] = (
-            DEFAULT_PAGE_SIZE
-        ),
-        after: Annotated[str | None, strawberry.argument(description=AFTER_DESCRIPTION)] = None,
+        first: First = DEFAULT_PAGE_SIZE,
+        after: After = None,
         filter: Annotated[
             EventFilter | None, strawberry.argument(description="Conditions on the events.")
         ] = None,
         order_by: Annotated[
-            EventOrder, strawberry.argument(description="The order of the list.")
+            EventOrder | None,
+            strawberry.argument(description="The order of the list; null means STARTS_AT_ASC."),
         ] = EventOrder.STARTS_AT_ASC,
     ) -> Connection[Event]:
-        check_page_size(first)
-        order = catalog.EventOrder[order_by.name]
+        size = page_size(first)
+        order = catalog.EventOrder[(order_by or EventOrder.STARTS_AT_ASC).name]
         position = _event_position(after, order) if after is not None else None
-        given = filter or EventFilter()
-        where = catalog.EventFilter(
-            starts_after=given.starts_after,
-            starts_before=given.starts_before,
-            search=given.search,
-            available_only=given.available_only,
-        )
+        where = (filter or EventFilter()).to_domain()
         rows = await info.context.db.run(
-            lambda session: catalog.list_events(session, where, order, position, first + 1)
+            lambda session: catalog.list_events(session, where, order, position, size + 1)
         )
 
         async def count() -> int:
@@ -134,7 +150,7 @@ class Query:
 
         return build_connection(
             rows,
-            first,
+            size,
             to_node=Event.from_model,
             position_of=lambda row: [order.value, *_json_key(order.key_of(row))],
             count=count,
@@ -145,10 +161,8 @@ class Query:
     async def my_reservations(
         self,
         info: Info,
-        first: Annotated[int, strawberry.argument(description=FIRST_DESCRIPTION)] = (
-            DEFAULT_PAGE_SIZE
-        ),
-        after: Annotated[str | None, strawberry.argument(description=AFTER_DESCRIPTION)] = None,
+        first: First = DEFAULT_PAGE_SIZE,
+        after: After = None,
         status: Annotated[
             ReservationStatus | None,
             strawberry.argument(description="Only reservations with this status."),
@@ -169,15 +183,10 @@ async def _reservation(info: Info, key: int) -> Reservation | None:
     viewer = info.context.viewer
     if viewer is None:
         return None
-    found = await info.context.db.run(lambda session: catalog.reservations_by_id(session, [key]))
-    reservation = found.get(key)
-    if reservation is None or not _may_see(viewer, reservation.customer_id):
+    reservation = await info.context.loaders.reservation.load(key)
+    if reservation is None or not viewer.may_access(reservation.customer_id):
         return None
     return Reservation.from_model(reservation)
-
-
-def _may_see(viewer: Actor, owner: str) -> bool:
-    return viewer.is_organizer or viewer.customer_id == owner
 
 
 def _json_key(key: catalog.SortKey) -> list[Any]:

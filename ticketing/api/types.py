@@ -11,14 +11,14 @@ import strawberry
 from ticketing.api.context import Info
 from ticketing.api.ids import to_global_id
 from ticketing.api.pagination import (
-    AFTER_DESCRIPTION,
     DEFAULT_PAGE_SIZE,
-    FIRST_DESCRIPTION,
+    After,
     Connection,
+    First,
     build_connection,
-    check_page_size,
     decode_cursor,
     invalid_cursor,
+    page_size,
 )
 from ticketing.domain import catalog, models
 
@@ -130,10 +130,8 @@ class Event(Node):
     async def reservations(
         self,
         info: Info,
-        first: Annotated[int, strawberry.argument(description=FIRST_DESCRIPTION)] = (
-            DEFAULT_PAGE_SIZE
-        ),
-        after: Annotated[str | None, strawberry.argument(description=AFTER_DESCRIPTION)] = None,
+        first: First = DEFAULT_PAGE_SIZE,
+        after: After = None,
         status: Annotated[
             ReservationStatus | None,
             strawberry.argument(description="Only reservations with this status."),
@@ -194,13 +192,13 @@ class Reservation(Node):
 async def reservation_connection(
     info: Info,
     *,
-    first: int,
+    first: int | None,
     after: str | None,
     status: ReservationStatus | None,
     customer_id: str | None = None,
     event_id: int | None = None,
 ) -> Connection[Reservation]:
-    check_page_size(first)
+    size = page_size(first)
     after_id = _reservation_position(after) if after is not None else None
     wanted = models.ReservationStatus[status.name] if status else None
     rows = await info.context.db.run(
@@ -210,7 +208,7 @@ async def reservation_connection(
             event_id=event_id,
             status=wanted,
             after_id=after_id,
-            limit=first + 1,
+            limit=size + 1,
         )
     )
 
@@ -223,7 +221,7 @@ async def reservation_connection(
 
     return build_connection(
         rows,
-        first,
+        size,
         to_node=Reservation.from_model,
         position_of=lambda row: [row.id],
         count=count,
@@ -234,6 +232,6 @@ async def reservation_connection(
 def _reservation_position(cursor: str) -> int:
     position = decode_cursor(cursor)
     match position:
-        case [int() as reservation_id] if reservation_id > 0:
+        case [int() as reservation_id]:
             return reservation_id
     raise invalid_cursor()

@@ -19,7 +19,6 @@ from sqlmodel import Session, col, select
 
 from ticketing.domain.errors import (
     CustomerLimitReached,
-    DomainError,
     EventCancelled,
     EventStarted,
     InvalidQuantity,
@@ -44,6 +43,10 @@ class Actor:
     customer_id: str
     is_organizer: bool = False
 
+    def may_access(self, owner: str) -> bool:
+        """Whether the actor may see (and cancel) a reservation of `owner`'s."""
+        return self.is_organizer or owner == self.customer_id
+
 
 @dataclass(frozen=True)
 class Booking:
@@ -53,27 +56,25 @@ class Booking:
     event: Event
 
 
-# The database clock decides whether an event has started, so every server agrees.
-has_started = col(Event.starts_at) <= sa.func.now()
+# The database clock decides whether an event has started, so every server agrees; the
+# clock's time at evaluation, not the transaction's start, as a lock wait may come first.
+has_started = col(Event.starts_at) <= sa.func.clock_timestamp()
 
 
 def reserve(session: Session, *, event_id: int, actor: Actor, quantity: int) -> Booking:
     _require_positive(quantity)
-    taken = session.exec(
-        sa.update(Event)
-        .where(
-            col(Event.id) == event_id,
-            col(Event.status) == EventStatus.ON_SALE,
-            ~has_started,
-            col(Event.tickets_available) >= quantity,
-        )
-        .values(tickets_available=col(Event.tickets_available) - quantity, updated_at=sa.func.now())
-        .returning(Event)
-        .execution_options(populate_existing=True)
-    )
-    event = taken.scalars().one_or_none()
+    event = _take_tickets(session, event_id, quantity)
     if event is None:
-        raise _why_not_reservable(session, event_id, quantity)
+        # Refused, or raced: decide under the row lock, where the answer can't change.
+        locked, started = lock_event(session, event_id)
+        if locked.status == EventStatus.CANCELLED:
+            raise EventCancelled()
+        if started:
+            raise EventStarted()
+        if locked.tickets_available < quantity:
+            raise NotEnoughTickets(requested=quantity, available=locked.tickets_available)
+        event = _take_tickets(session, event_id, quantity)
+        assert event is not None, "reservable under our own lock"
     _check_customer_limit(session, event, actor.customer_id, quantity)
 
     reservation = Reservation(event_id=event_id, customer_id=actor.customer_id, quantity=quantity)
@@ -112,7 +113,7 @@ def decrease(session: Session, *, reservation_id: int, actor: Actor, quantity: i
 def cancel(session: Session, *, reservation_id: int, actor: Actor) -> Booking:
     """Release the reservation's tickets. Cancelling it again returns it unchanged."""
     event, reservation, started = _lock_for_change(session, reservation_id)
-    if not (actor.is_organizer or reservation.customer_id == actor.customer_id):
+    if not actor.may_access(reservation.customer_id):
         raise NotFound("Reservation", reservation_id)
     if reservation.status == ReservationStatus.CANCELLED:
         return Booking(reservation, event)
@@ -126,16 +127,37 @@ def _require_positive(quantity: int) -> None:
         raise InvalidQuantity(min=1, max=None)
 
 
-def _why_not_reservable(session: Session, event_id: int, quantity: int) -> DomainError:
-    found = session.exec(select(Event, has_started).where(col(Event.id) == event_id)).one_or_none()
+def _take_tickets(session: Session, event_id: int, quantity: int) -> Event | None:
+    """One atomic statement: take the tickets if the event is on sale and has enough (which
+    also locks its row until the transaction ends). None if it doesn't qualify."""
+    taken = session.exec(
+        sa.update(Event)
+        .where(
+            col(Event.id) == event_id,
+            col(Event.status) == EventStatus.ON_SALE,
+            ~has_started,
+            col(Event.tickets_available) >= quantity,
+        )
+        .values(tickets_available=col(Event.tickets_available) - quantity, updated_at=sa.func.now())
+        .returning(Event)
+        .execution_options(populate_existing=True)
+    )
+    event: Event | None = taken.scalars().one_or_none()
+    return event
+
+
+def lock_event(session: Session, event_id: int) -> tuple[Event, bool]:
+    """Lock an event's row (the first lock of every operation on it); also says whether it has
+    started."""
+    found = session.exec(
+        select(Event, has_started)
+        .where(col(Event.id) == event_id)
+        .with_for_update(of=Event)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
     if found is None:
-        return NotFound("Event", event_id)
-    event, started = found
-    if event.status == EventStatus.CANCELLED:
-        return EventCancelled()
-    if started:
-        return EventStarted()
-    return NotEnoughTickets(requested=quantity, available=event.tickets_available)
+        raise NotFound("Event", event_id)
+    return found[0], found[1]
 
 
 def _lock_for_change(session: Session, reservation_id: int) -> tuple[Event, Reservation, bool]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
-from ticketing.domain.booking import Actor, has_started
-from ticketing.domain.errors import EventCancelled, EventStarted, InvalidEvent, NotFound
+from ticketing.domain.booking import Actor, lock_event
+from ticketing.domain.errors import EventCancelled, EventStarted, InvalidEvent
 from ticketing.domain.models import (
     ChangeKind,
     Event,
@@ -22,6 +22,7 @@ from ticketing.domain.models import (
 
 MAX_NAME_LENGTH = 200
 MAX_DESCRIPTION_LENGTH = 10_000
+MAX_YEARS_AHEAD = 50
 
 
 class Keep(enum.Enum):
@@ -78,9 +79,11 @@ def create_event(session: Session, draft: EventDraft) -> Event:
 
 
 def update_event(session: Session, event_id: int, changes: EventChanges) -> Event:
-    event, _ = _lock_event(session, event_id)
+    event, started = lock_event(session, event_id)
     if event.status == EventStatus.CANCELLED:
         raise EventCancelled()
+    if started:
+        raise EventStarted()
     given = changes.given()
     current = EventDraft(
         name=event.name,
@@ -118,7 +121,7 @@ def update_event(session: Session, event_id: int, changes: EventChanges) -> Even
 
 def cancel_event(session: Session, event_id: int, actor: Actor) -> Event:
     """Cancel the event and every active reservation of it. Cancelling again changes nothing."""
-    event, started = _lock_event(session, event_id)
+    event, started = lock_event(session, event_id)
     if event.status == EventStatus.CANCELLED:
         return event
     if started:
@@ -160,18 +163,6 @@ def cancel_event(session: Session, event_id: int, actor: Actor) -> Event:
     )
 
 
-def _lock_event(session: Session, event_id: int) -> tuple[Event, bool]:
-    found = session.exec(
-        select(Event, has_started)
-        .where(col(Event.id) == event_id)
-        .with_for_update(of=Event)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    if found is None:
-        raise NotFound("Event", event_id)
-    return found[0], found[1]
-
-
 def _update_event_row(session: Session, event_id: int, values: dict[str, object]) -> Event:
     updated = session.exec(
         sa.update(Event)
@@ -191,24 +182,20 @@ def _database_now(session: Session) -> datetime:
 
 
 def _validated(draft: EventDraft, *, now: datetime, starts_at_changed: bool) -> EventDraft:
-    name, venue = draft.name.strip(), draft.venue.strip()
-    if not name:
-        raise InvalidEvent("name", "The name can't be empty.")
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidEvent("name", f"The name can't be longer than {MAX_NAME_LENGTH} characters.")
-    if not venue:
-        raise InvalidEvent("venue", "The venue can't be empty.")
-    if len(venue) > MAX_NAME_LENGTH:
-        raise InvalidEvent("venue", f"The venue can't be longer than {MAX_NAME_LENGTH} characters.")
-    if len(draft.description) > MAX_DESCRIPTION_LENGTH:
-        raise InvalidEvent(
-            "description",
-            f"The description can't be longer than {MAX_DESCRIPTION_LENGTH} characters.",
-        )
+    name = _valid_text("name", draft.name.strip(), MAX_NAME_LENGTH)
+    venue = _valid_text("venue", draft.venue.strip(), MAX_NAME_LENGTH)
+    _valid_text("description", draft.description, MAX_DESCRIPTION_LENGTH, required=False)
+    horizon = now + timedelta(days=365 * MAX_YEARS_AHEAD)
     for field_name in ("starts_at", "ends_at"):
         moment = getattr(draft, field_name)
-        if moment is not None and moment.tzinfo is None:
+        if moment is None:
+            continue
+        if moment.tzinfo is None:
             raise InvalidEvent(field_name, "Times must carry a time zone.")
+        if moment > horizon:
+            raise InvalidEvent(
+                field_name, f"Times can be at most {MAX_YEARS_AHEAD} years in the future."
+            )
     if starts_at_changed and draft.starts_at <= now:
         raise InvalidEvent("starts_at", "An event must start in the future.")
     if draft.ends_at is not None and draft.ends_at <= draft.starts_at:
@@ -224,3 +211,15 @@ def _validated(draft: EventDraft, *, now: datetime, starts_at_changed: bool) -> 
         starts_at=draft.starts_at.astimezone(UTC),
         ends_at=draft.ends_at.astimezone(UTC) if draft.ends_at else None,
     )
+
+
+def _valid_text(field_name: str, text: str, max_length: int, *, required: bool = True) -> str:
+    label = field_name.capitalize()
+    if required and not text:
+        raise InvalidEvent(field_name, f"{label} can't be empty.")
+    if len(text) > max_length:
+        raise InvalidEvent(field_name, f"{label} can't be longer than {max_length} characters.")
+    if "\x00" in text:
+        # PostgreSQL text can't hold NUL characters.
+        raise InvalidEvent(field_name, f"{label} can't contain NUL characters.")
+    return text
