@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.conftest import JWT_SECRET, auth, insert_event, invariant_violations
+from tests.conftest import JWT_SECRET, ORGANIZER, auth, insert_event, invariant_violations
 from tests.servers import RunningServer, serve
 from ticketing.api.ids import key_of
 
@@ -115,18 +115,44 @@ async def run_client(http: httpx.AsyncClient, client: Client, event_id: str) -> 
             client.outcomes.append(Outcome(target, choice, typename))
 
 
+CHANGE_CAPACITY = """mutation($id: ID!, $capacity: Int!) {
+    updateEvent(input: {eventId: $id, capacity: $capacity}) { __typename } }"""
+
+
+async def run_organizer(http: httpx.AsyncClient, event_id: str) -> Counter[str]:
+    """Moves the capacity up and down while the customers book."""
+    chance = random.Random(-1)  # noqa: S311 - reproducible load, not security
+    answers: Counter[str] = Counter()
+    for _ in range(ROUNDS * 2):
+        variables = {"id": event_id, "capacity": chance.randint(CAPACITY - 10, CAPACITY + 10)}
+        response = await http.post(
+            "/graphql",
+            json={"query": CHANGE_CAPACITY, "variables": variables},
+            headers=ORGANIZER,
+        )
+        assert response.status_code == 200, response.text
+        answers[response.json()["data"]["updateEvent"]["__typename"]] += 1
+    return answers
+
+
 def test_many_clients_never_oversell_or_lose_a_change(
     server: RunningServer, engine: Engine
 ) -> None:
     event_id = insert_event(engine, capacity=CAPACITY, max_tickets_per_customer=LIMIT)
     clients = [Client(i, f"customer-{i % CUSTOMERS}") for i in range(CLIENTS)]
 
-    async def main() -> None:
-        limits = httpx.Limits(max_connections=CLIENTS)
+    async def main() -> Counter[str]:
+        limits = httpx.Limits(max_connections=CLIENTS + 1)
         async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as http:
-            await asyncio.gather(*(run_client(http, client, event_id) for client in clients))
+            organizer, *_ = await asyncio.gather(
+                run_organizer(http, event_id),
+                *(run_client(http, client, event_id) for client in clients),
+            )
+        return organizer
 
-    asyncio.run(main())
+    organizer_answers = asyncio.run(main())
+    assert set(organizer_answers) <= {"EventPayload", "InvalidEvent"}
+    assert organizer_answers["EventPayload"] > 0
 
     outcomes = [outcome for client in clients for outcome in client.outcomes]
     assert len(outcomes) == CLIENTS * ROUNDS  # every request got an answer

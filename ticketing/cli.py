@@ -92,6 +92,13 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.graphiql:
         print(f"GraphiQL: open http://{shown_host}:{port}/graphql in a browser", flush=True)
     if settings.jwt_secret.get_secret_value() == DEVELOPMENT_JWT_SECRET:
+        if settings.database_url:  # an external database, not the local embedded one
+            print(
+                "WARNING: TICKETING_JWT_SECRET is the public development secret, so anyone can "
+                "mint tokens, organizer ones included. Set your own secret.",
+                file=sys.stderr,
+                flush=True,
+            )
         demo = mint_token(DEVELOPMENT_JWT_SECRET, "demo-customer", ttl=timedelta(hours=24))
         print(f'Demo token (24 h): {{"Authorization": "Bearer {demo}"}}', flush=True)
     # uvicorn re-raises SIGTERM once it has shut down gracefully; exiting normally instead
