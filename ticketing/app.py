@@ -30,6 +30,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    # Alembic reports its context at INFO on every readiness check.
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     db = Database.from_settings(settings, settings.database_url)
     graphql = GraphQLEndpoint(schema, db, settings)
 

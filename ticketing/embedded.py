@@ -21,17 +21,17 @@ class EmbeddedDatabase:
 
 def start_embedded_postgres(data_dir: Path) -> EmbeddedDatabase:
     """Start (or reuse) the server in `data_dir`; it stops when this process exits."""
-    try:
-        import pgserver
-    except ImportError as error:
-        raise SystemExit(
-            "No DATABASE_URL is set and the embedded PostgreSQL is not installed: "
-            "pip install 'ticketing[embedded]', or set DATABASE_URL."
-        ) from error
     data_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         # platformdirs warns that XDG_RUNTIME_DIR is unset (as in containers and CI); harmless.
         warnings.simplefilter("ignore")
+        try:
+            import pgserver  # optional: only the embedded default needs it
+        except ImportError as error:
+            raise SystemExit(
+                "No DATABASE_URL is set and the embedded PostgreSQL is not installed: "
+                "pip install 'ticketing[embedded]', or set DATABASE_URL."
+            ) from error
         server = pgserver.get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
     socket_dir = parse_qs(urlsplit(server.get_uri()).query)["host"][0]
     admin_url = f"postgresql+psycopg2://postgres@/postgres?host={socket_dir}"
