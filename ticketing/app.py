@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ticketing.api.schema import schema
-from ticketing.db import Database
+from ticketing.db import Database, DatabaseUnavailable
 from ticketing.http import GraphQLEndpoint
 from ticketing.migrations import is_at_head
 from ticketing.settings import Settings, get_settings
@@ -41,8 +41,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def readyz(request: Request) -> JSONResponse:
         try:
             at_head = await db.run(lambda session: is_at_head(session.connection()))
-        except Exception:
-            logger.warning("Readiness check: database unreachable", exc_info=True)
+        except DatabaseUnavailable as error:
+            logger.warning("Not ready: database unavailable: %s", error)
             return JSONResponse({"status": "unavailable", "database": "unreachable"}, 503)
         if not at_head:
             return JSONResponse({"status": "unavailable", "database": "migrations pending"}, 503)

@@ -21,19 +21,38 @@ from ticketing.settings import Settings
 T = TypeVar("T")
 
 
-def create_db_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> Engine:
+class DatabaseUnavailable(Exception):
+    """The database could not do the work now (unreachable, or a timeout); nothing was
+    committed, and retrying later may succeed."""
+
+
+def create_db_engine(
+    url: str,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 5,
+    connect_timeout_s: int = 5,
+    statement_timeout_ms: int = 0,
+    lock_timeout_ms: int = 0,
+) -> Engine:
+    """Timeouts of 0 mean none (for migrations); the service sets them from its settings."""
+    options = (
+        f"-c timezone=UTC -c statement_timeout={statement_timeout_ms}"
+        f" -c lock_timeout={lock_timeout_ms}"
+    )
     return sa.create_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
+        # Connections broken by a database restart are replaced, not handed out.
         pool_pre_ping=True,
         # The booking locks are designed for READ COMMITTED: each statement after a lock sees
         # what was committed before it. UTC sessions keep every timestamp readable.
         isolation_level="READ COMMITTED",
         connect_args={
             "application_name": "ticketing",
-            "connect_timeout": 5,
-            "options": "-c timezone=UTC",
+            "connect_timeout": connect_timeout_s,
+            "options": options,
         },
     )
 
@@ -49,7 +68,12 @@ class Database:
     @classmethod
     def from_settings(cls, settings: Settings, url: str) -> Database:
         engine = create_db_engine(
-            url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+            url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            connect_timeout_s=settings.db_connect_timeout_s,
+            statement_timeout_ms=settings.db_statement_timeout_ms,
+            lock_timeout_ms=settings.db_lock_timeout_ms,
         )
         return cls(engine, max_threads=settings.db_pool_size + settings.db_max_overflow)
 
@@ -58,9 +82,15 @@ class Database:
         return Session(self.engine, expire_on_commit=False)
 
     def transaction(self, work: Callable[[Session], T]) -> T:
-        """Run `work` in one transaction: committed if it returns, rolled back if it raises."""
-        with self.session() as session, session.begin():
-            return work(session)
+        """Run `work` in one transaction: committed if it returns, rolled back if it raises.
+
+        Raises DatabaseUnavailable when the database is unreachable or a statement or lock
+        wait times out (the transient failures a client may retry)."""
+        try:
+            with self.session() as session, session.begin():
+                return work(session)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+            raise DatabaseUnavailable(str(error.orig or error).strip()) from error
 
     async def run(self, work: Callable[[Session], T]) -> T:
         """`transaction`, in a worker thread."""

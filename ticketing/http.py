@@ -220,9 +220,13 @@ def _result_response(result: ExecutionResult, media_type: str, request_id: str) 
         body["data"] = result.data
     if errors:
         body["errors"] = errors
-        if any(e.get("extensions", {}).get("code") == ErrorCode.UNAUTHENTICATED for e in errors):
+        codes = {error["extensions"]["code"] for error in errors}
+        if ErrorCode.UNAUTHENTICATED in codes:
             status = 401
             headers["WWW-Authenticate"] = "Bearer"
+        elif ErrorCode.SERVICE_UNAVAILABLE in codes:
+            status = 503
+            headers["Retry-After"] = "1"
     if result.extensions:
         body["extensions"] = result.extensions
     return _json_response(body, status, media_type, request_id, headers)

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     graphiql: bool = True
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
+    db_connect_timeout_s: int = Field(default=3, ge=1)
+    db_statement_timeout_ms: int = Field(default=5000, ge=1)
+    db_lock_timeout_ms: int = Field(default=2000, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

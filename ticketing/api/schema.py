@@ -15,10 +15,12 @@ from ticketing.api.errors import ErrorCode, request_error
 from ticketing.api.mutations import Mutation
 from ticketing.api.queries import Query
 from ticketing.api.types import Event, Reservation
+from ticketing.db import DatabaseUnavailable
 
 logger = logging.getLogger("ticketing.graphql")
 
 INTERNAL_ERROR_MESSAGE = "Internal server error."
+UNAVAILABLE_MESSAGE = "The service is briefly unavailable; nothing was changed. Retry shortly."
 
 
 def is_unexpected(error: GraphQLError) -> bool:
@@ -32,18 +34,24 @@ def _request_id(execution_context: ExecutionContext | None) -> str | None:
     return context.request_id if isinstance(context, Context) else None
 
 
+def _is_unavailable(error: GraphQLError) -> bool:
+    return isinstance(error.original_error, DatabaseUnavailable)
+
+
 class MaskUnexpectedErrors(MaskErrors):
-    """Replace internal faults by a generic error that carries only the request id."""
+    """Replace server-side failures by a generic error that carries only a code and the
+    request id: SERVICE_UNAVAILABLE for a database outage or timeout (retry), and
+    INTERNAL_SERVER_ERROR for anything else."""
 
     def __init__(self) -> None:
         super().__init__(should_mask_error=is_unexpected, error_message=INTERNAL_ERROR_MESSAGE)
 
     def anonymise_error(self, error: GraphQLError) -> GraphQLError:
         masked = super().anonymise_error(error)
-        masked.extensions = {
-            "code": ErrorCode.INTERNAL_SERVER_ERROR.value,
-            "requestId": _request_id(self.execution_context),
-        }
+        code = ErrorCode.INTERNAL_SERVER_ERROR
+        if _is_unavailable(error):
+            masked.message, code = UNAVAILABLE_MESSAGE, ErrorCode.SERVICE_UNAVAILABLE
+        masked.extensions = {"code": code.value, "requestId": _request_id(self.execution_context)}
         return masked
 
 
@@ -75,7 +83,14 @@ class TicketingSchema(strawberry.Schema):
     ) -> None:
         # Requests' own mistakes are the client's to see, not ours to log.
         for error in errors:
-            if is_unexpected(error):
+            if _is_unavailable(error):
+                logger.warning(
+                    "Database unavailable in %s (request %s): %s",
+                    ".".join(map(str, error.path or [])) or "operation",
+                    _request_id(execution_context),
+                    error.original_error,
+                )
+            elif is_unexpected(error):
                 logger.error(
                     "Unexpected error in %s (request %s)",
                     ".".join(map(str, error.path or [])) or "operation",

@@ -1,0 +1,238 @@
+"""Database faults: timeouts, an unreachable or restarting server, failures half-way, and
+operations across many events at once."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pgserver
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from starlette.testclient import TestClient
+
+from tests.conftest import (
+    JWT_SECRET,
+    auth,
+    gql,
+    insert_event,
+    invariant_violations,
+    make_settings,
+    snapshot,
+)
+from tests.servers import serve
+from ticketing import migrations
+from ticketing.api.ids import key_of
+from ticketing.app import create_app
+from ticketing.db import Database, DatabaseUnavailable, create_db_engine
+from ticketing.domain import booking, errors, events
+from ticketing.domain.booking import Actor
+
+RESERVE = """mutation($id: ID!, $n: Int!) { createReservation(input: {eventId: $id, quantity: $n}) {
+    __typename ... on ReservationPayload { reservation { id quantity } } } }"""
+
+
+def test_a_client_behind_a_locked_row_gets_a_typed_answer_in_bounded_time(
+    database_url: str, engine: Engine
+) -> None:
+    event_id = insert_event(engine, capacity=5)
+    settings = make_settings(database_url, db_lock_timeout_ms=300)
+    with TestClient(create_app(settings)) as client, engine.connect() as blocker:
+        blocker.execute(
+            sa.text("SELECT 1 FROM event WHERE id = :id FOR UPDATE"),
+            {"id": key_of(event_id, "Event")},
+        )
+        before_lock_released = time.monotonic()
+        body = gql(client, RESERVE, {"id": event_id, "n": 1}, headers=auth(), expect_status=503)
+        waited = time.monotonic() - before_lock_released
+        blocker.rollback()
+    assert waited < 2
+    [error] = body["errors"]
+    assert error["extensions"]["code"] == "SERVICE_UNAVAILABLE"
+    assert "lock" not in error["message"].lower()  # no internals
+    assert invariant_violations(engine) == []
+    with engine.connect() as connection:
+        assert connection.scalar(sa.text("SELECT count(*) FROM reservation")) == 0
+
+
+def test_an_unreachable_database_fails_fast_and_typed(database_url: str) -> None:
+    nowhere = make_url(database_url).set(host="127.0.0.1", port=1, query={})
+    settings = make_settings(nowhere.render_as_string(hide_password=False))
+    with TestClient(create_app(settings)) as client:
+        started = time.monotonic()
+        response = client.post("/graphql", json={"query": "{ events { totalCount } }"})
+        assert time.monotonic() - started < 2
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        [error] = response.json()["errors"]
+        assert error["extensions"]["code"] == "SERVICE_UNAVAILABLE"
+        assert error["extensions"]["requestId"] == response.headers["x-request-id"]
+        assert "127.0.0.1" not in response.text
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/healthz").status_code == 200
+
+
+def test_a_failure_half_way_leaves_nothing_behind(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = Database(engine, max_threads=4)
+    key = key_of(insert_event(engine, capacity=5), "Event")
+    assert key is not None
+    made = db.transaction(
+        lambda s: booking.reserve(s, event_id=key, actor=Actor("alice"), quantity=2)
+    )
+    before = snapshot(engine)
+
+    def broken_history(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the history write failed")
+
+    # The inventory and reservation rows are written before the history line.
+    monkeypatch.setattr(booking, "_record", broken_history)
+    reservation_id = made.reservation.id
+    assert reservation_id is not None
+    for work in (
+        lambda s: booking.reserve(s, event_id=key, actor=Actor("bob"), quantity=1),
+        lambda s: booking.increase(
+            s, reservation_id=reservation_id, actor=Actor("alice"), quantity=1
+        ),
+        lambda s: booking.cancel(s, reservation_id=reservation_id, actor=Actor("alice")),
+    ):
+        with pytest.raises(RuntimeError):
+            db.transaction(work)
+    assert snapshot(engine) == before
+
+
+def test_operations_across_many_events_never_deadlock(engine: Engine) -> None:
+    db = Database(engine, max_threads=16)
+    keys = [key_of(insert_event(engine, capacity=30), "Event") for _ in range(6)]
+    chance = random.Random(7)  # noqa: S311 - reproducible load, not security
+    organizer = Actor("olivia", is_organizer=True)
+
+    def step(index: int) -> str:
+        key = chance.choice(keys)
+        assert key is not None
+        actor = Actor(f"c{index % 12}")
+        try:
+            if index % 25 == 24:
+                db.transaction(lambda s: events.cancel_event(s, key, organizer))
+            elif index % 7 == 6:
+                changes = events.EventChanges(capacity=chance.randint(20, 40))
+                db.transaction(lambda s: events.update_event(s, key, changes))
+            else:
+                done = db.transaction(
+                    lambda s: booking.reserve(s, event_id=key, actor=actor, quantity=2)
+                )
+                reservation_id = done.reservation.id
+                assert reservation_id is not None
+                db.transaction(
+                    lambda s: booking.cancel(s, reservation_id=reservation_id, actor=actor)
+                )
+        except errors.DomainError as refusal:
+            return type(refusal).__name__
+        except DatabaseUnavailable as failure:  # a deadlock would land here
+            return f"unavailable: {failure}"
+        return "ok"
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(step, range(300)))
+    assert not [result for result in results if result.startswith("unavailable")]
+    assert results.count("ok") > 100
+    assert invariant_violations(engine) == []
+
+
+@pytest.fixture
+def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
+    """A PostgreSQL server of this test's own, so that it can be stopped and started."""
+    server = pgserver.get_server(tmp_path_factory.mktemp("own-pg"), cleanup_mode="stop")
+    socket_dir = make_url(server.get_uri()).query["host"]
+    admin = sa.create_engine(
+        f"postgresql+psycopg2://postgres@/postgres?host={socket_dir}",
+        isolation_level="AUTOCOMMIT",
+        poolclass=sa.NullPool,
+    )
+    with admin.connect() as connection:
+        connection.execute(sa.text("CREATE DATABASE ticketing"))
+    url = f"postgresql+psycopg2://postgres@/ticketing?host={socket_dir}"
+    engine = create_db_engine(url)
+    migrations.upgrade(engine)
+    engine.dispose()
+    yield server, url
+    server.cleanup()
+
+
+def test_service_survives_a_database_restart_under_load(
+    own_postgres: tuple[Any, str], tmp_path: Path
+) -> None:
+    server, url = own_postgres
+    engine = create_db_engine(url)
+    event_id = insert_event(engine, capacity=100_000)
+    env = {"DATABASE_URL": url, "TICKETING_JWT_SECRET": JWT_SECRET}
+    acknowledged: dict[str, int] = {}
+    outcomes: list[tuple[float, int, float]] = []  # when, status, how long it took
+
+    async def customer(http: httpx.AsyncClient, index: int, until: float) -> None:
+        while time.monotonic() < until:
+            started = time.monotonic()
+            response = await http.post(
+                "/graphql",
+                json={"query": RESERVE, "variables": {"id": event_id, "n": 1 + index % 3}},
+                headers=auth(f"c{index}"),
+            )
+            outcomes.append((started, response.status_code, time.monotonic() - started))
+            if response.status_code == 200:
+                reservation = response.json()["data"]["createReservation"]["reservation"]
+                acknowledged[reservation["id"]] = reservation["quantity"]
+            else:
+                assert response.status_code == 503, response.text
+                code = response.json()["errors"][0]["extensions"]["code"]
+                assert code == "SERVICE_UNAVAILABLE"
+            await asyncio.sleep(0.01)
+
+    async def outage(http: httpx.AsyncClient) -> tuple[int, int]:
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(
+            pgserver.pg_ctl,
+            ["-w", "-m", "fast", "stop"],
+            pgdata=server.pgdata,
+            user=server.system_user,
+        )
+        await asyncio.sleep(0.5)
+        while_down = (await http.get("/readyz")).status_code
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(server.ensure_postgres_running)
+        await asyncio.sleep(1.0)
+        return while_down, (await http.get("/readyz")).status_code
+
+    with serve(env, workers=1, log_dir=tmp_path) as running:
+
+        async def main() -> tuple[int, int]:
+            async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
+                until = time.monotonic() + 5.5
+                ready_states, *_ = await asyncio.gather(
+                    outage(http), *(customer(http, index, until) for index in range(10))
+                )
+                return ready_states
+
+        while_down, after = asyncio.run(main())
+
+    assert (while_down, after) == (503, 200)
+    statuses = [status for _, status, _ in outcomes]
+    assert 503 in statuses  # the outage was seen ...
+    assert max(took for _, status, took in outcomes if status == 503) < 3  # ... failing fast
+    last_failure = max(when for when, status, _ in outcomes if status == 503)
+    assert any(when > last_failure and status == 200 for when, status, _ in outcomes)
+    # Every acknowledged reservation is there, as acknowledged, and the books balance.
+    with engine.connect() as connection:
+        stored = dict(connection.execute(sa.text("SELECT id, quantity FROM reservation")).all())
+    assert {key_of(rid, "Reservation"): n for rid, n in acknowledged.items()}.items() <= (
+        stored.items()
+    )
+    assert invariant_violations(engine) == []
+    engine.dispose()
