@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from ticketing.api.schema import schema
+from ticketing.api.schema import build_schema
 from ticketing.db import Database, DatabaseUnavailable
 from ticketing.http import GraphQLEndpoint
 from ticketing.migrations import is_at_head
@@ -33,7 +35,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # Alembic reports its context at INFO on every readiness check.
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     db = Database.from_settings(settings, settings.database_url)
-    graphql = GraphQLEndpoint(schema, db, settings)
+    graphql = GraphQLEndpoint(build_schema(settings), db, settings)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -53,7 +55,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
         yield
         db.dispose()
 
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+                expose_headers=["X-Request-ID", "Retry-After"],
+                max_age=600,
+            )
+        )
     return Starlette(
+        middleware=middleware,
         routes=[
             # Every method reaches the endpoint, which answers 405 itself with a GraphQL body.
             Route(

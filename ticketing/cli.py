@@ -89,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
     workers = args.workers or settings.workers
     shown_host = "localhost" if host in ("0.0.0.0", "127.0.0.1", "::") else host  # noqa: S104
     print(f"GraphQL endpoint: http://{shown_host}:{port}/graphql", flush=True)
-    if settings.graphiql:
+    if settings.graphiql_enabled:
         print(f"GraphiQL: open http://{shown_host}:{port}/graphql in a browser", flush=True)
     if settings.jwt_secret.get_secret_value() == DEVELOPMENT_JWT_SECRET:
         if settings.database_url:  # an external database, not the local embedded one
@@ -142,9 +142,9 @@ def _load_demo_events(url: str) -> int:
 
 
 def _export_schema(args: argparse.Namespace) -> int:
-    from ticketing.api.schema import schema
+    from ticketing.api.schema import build_schema  # imported here: keeps other commands light
 
-    sdl = schema.as_str() + "\n"
+    sdl = build_schema().as_str() + "\n"
     if args.path == "-":
         sys.stdout.write(sdl)
     else:

@@ -61,7 +61,7 @@ class GraphQLEndpoint:
             if self._wants_ide(request):
                 return HTMLResponse(self.ide_html)
             media_type = _negotiate(request.headers.get("accept"))
-            params = await _read_params(request)
+            params = await _read_params(request, self.settings.max_body_bytes)
             viewer = authenticate(
                 request.headers.get("authorization"), self.settings.jwt_secret.get_secret_value()
             )
@@ -112,7 +112,7 @@ class GraphQLEndpoint:
 
     def _wants_ide(self, request: Request) -> bool:
         return (
-            self.settings.graphiql
+            self.settings.graphiql_enabled
             and request.method == "GET"
             and "query" not in request.query_params
             and "text/html" in request.headers.get("accept", "")
@@ -164,8 +164,10 @@ def _quality(parameters: Iterable[str]) -> float:
     return 1.0
 
 
-async def _read_params(request: Request) -> GraphQLParams:
+async def _read_params(request: Request, max_bytes: int) -> GraphQLParams:
     if request.method == "GET":
+        if len(request.url.query) > max_bytes:
+            raise RequestError(414, f"The query string is longer than the limit of {max_bytes}.")
         raw: dict[str, Any] = dict(request.query_params)
         for name in ("variables", "extensions"):
             if name in raw:
@@ -174,12 +176,32 @@ async def _read_params(request: Request) -> GraphQLParams:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != JSON:
             raise RequestError(415, f"Send the request body as {JSON}.")
-        body = await request.body()
-        parsed = _parse_json(body, "body")
+        parsed = _parse_json(await _read_body(request, max_bytes), "body")
+        if isinstance(parsed, list):
+            raise RequestError(
+                400, "The request body must be a JSON object: batches (arrays) are not supported."
+            )
         if not isinstance(parsed, dict):
             raise RequestError(400, "The request body must be a JSON object.")
         raw = parsed
     return _params_from(raw)
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused as soon as it is known to exceed the limit (before reading it all)."""
+    too_large = RequestError(
+        413, f"The request body is larger than the limit of {max_bytes} bytes."
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _parse_json(text: str | bytes, what: str) -> Any:

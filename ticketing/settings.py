@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Only for local development: `ticketing serve` prints a demo token while it is in use.
 DEVELOPMENT_JWT_SECRET = "ticketing-development-secret-change-me-0123456789"  # noqa: S105
+MIN_JWT_SECRET_LENGTH = 32  # HS256 wants a key of at least 256 bits
 
 
 class Settings(BaseSettings):
@@ -23,19 +24,57 @@ class Settings(BaseSettings):
         populate_by_name=True,
     )
 
+    env: Literal["development", "production"] = "development"
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     data_dir: Path = Path(".ticketing")
     jwt_secret: SecretStr = SecretStr(DEVELOPMENT_JWT_SECRET)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
-    graphiql: bool = True
+    # Unset: on in development, off in production.
+    graphiql: bool | None = None
+    introspection: bool | None = None
+    cors_origins: Annotated[list[str], NoDecode] = []
+    max_body_bytes: int = Field(default=100_000, ge=1024)
+    max_query_tokens: int = Field(default=2000, ge=100)
+    max_query_depth: int = Field(default=15, ge=2)
+    max_query_aliases: int = Field(default=30, ge=0)
+    max_query_cost: int = Field(default=10_000, ge=100)
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
     db_connect_timeout_s: int = Field(default=3, ge=1)
     db_statement_timeout_ms: int = Field(default=5000, ge=1)
     db_lock_timeout_ms: int = Field(default=2000, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_a_real_secret(self) -> Self:
+        secret = self.jwt_secret.get_secret_value()
+        if self.env == "production" and (
+            secret == DEVELOPMENT_JWT_SECRET or len(secret) < MIN_JWT_SECRET_LENGTH
+        ):
+            raise ValueError(
+                "In production TICKETING_JWT_SECRET must be set to a secret of your own, at "
+                f"least {MIN_JWT_SECRET_LENGTH} characters long (e.g. `openssl rand -hex 32`)."
+            )
+        return self
+
+    @property
+    def graphiql_enabled(self) -> bool:
+        return self.graphiql if self.graphiql is not None else self.env == "development"
+
+    @property
+    def introspection_enabled(self) -> bool:
+        if self.introspection is not None:
+            return self.introspection
+        return self.env == "development"
 
 
 @lru_cache(maxsize=1)

@@ -7,15 +7,25 @@ from collections.abc import Iterator
 
 import strawberry
 from graphql import GraphQLError, OperationDefinitionNode
-from strawberry.extensions import MaskErrors, ParserCache, SchemaExtension, ValidationCache
+from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
+from strawberry.extensions import (
+    AddValidationRules,
+    MaskErrors,
+    MaxTokensLimiter,
+    ParserCache,
+    SchemaExtension,
+    ValidationCache,
+)
 from strawberry.types import ExecutionContext
 
 from ticketing.api.context import Context
 from ticketing.api.errors import ErrorCode, request_error
+from ticketing.api.limits import limits_rule
 from ticketing.api.mutations import Mutation
 from ticketing.api.queries import Query
 from ticketing.api.types import Event, Reservation
 from ticketing.db import DatabaseUnavailable
+from ticketing.settings import Settings
 
 logger = logging.getLogger("ticketing.graphql")
 
@@ -99,19 +109,30 @@ class TicketingSchema(strawberry.Schema):
                 )
 
 
-def build_schema() -> strawberry.Schema:
+def build_schema(settings: Settings | None = None) -> strawberry.Schema:
+    """The schema with the limits and introspection policy of `settings` (defaults if None)."""
+    settings = settings or Settings()
+    rules: list[type[ASTValidationRule]] = [
+        limits_rule(
+            max_depth=settings.max_query_depth,
+            max_aliases=settings.max_query_aliases,
+            max_cost=settings.max_query_cost,
+        )
+    ]
+    if not settings.introspection_enabled:
+        rules.append(NoSchemaIntrospectionCustomRule)
     return TicketingSchema(
         query=Query,
         mutation=Mutation,
         types=[Event, Reservation],
         extensions=[
-            # Factories: the caches themselves are shared, bounded LRUs.
+            # Factories, as extensions hold per-request state; the caches are shared, bounded
+            # LRUs. The token limit applies while parsing, before anything else.
+            lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
             lambda: ParserCache(maxsize=1024),
+            lambda: AddValidationRules(rules),
             lambda: ValidationCache(maxsize=1024),
             RequireOperationName,
             MaskUnexpectedErrors,
         ],
     )
-
-
-schema = build_schema()
