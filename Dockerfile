@@ -29,6 +29,7 @@ FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    TICKETING_ENV=production \
     PYTHONPATH=/app \
     PATH="/opt/venv/bin:$PATH"
 

@@ -86,6 +86,9 @@ def test_compose_app_waits_for_a_healthy_database_with_persistent_data() -> None
     assert environment["DATABASE_URL"].startswith("postgresql+psycopg2://")
     assert "@db:5432/" in environment["DATABASE_URL"]
     assert "TICKETING_JWT_SECRET" in environment
+    # Production mode, and no secret baked in: compose refuses to start without one.
+    assert environment["TICKETING_ENV"] == "production"
+    assert environment["TICKETING_JWT_SECRET"].startswith("${TICKETING_JWT_SECRET:?")
 
 
 def test_dockerfile_runs_as_non_root_with_a_healthcheck_and_no_dev_extra() -> None:

@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import uvicorn
+from pydantic import ValidationError
 
 from ticketing import migrations
 from ticketing.auth import ORGANIZER_ROLE, mint_token
@@ -21,7 +22,15 @@ from ticketing.settings import DEVELOPMENT_JWT_SECRET, Settings, get_settings
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except ValidationError as error:
+        problems = "\n".join(
+            f"  {'.'.join(map(str, problem['loc'])) or 'settings'}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        print(f"ticketing: invalid settings:\n{problems}", file=sys.stderr)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,0 +1,181 @@
+"""Hostile and oversized requests are refused cheaply, before execution, naming the limit;
+production mode tightens the defaults."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from graphql import get_introspection_query
+from pydantic import ValidationError
+from starlette.testclient import TestClient
+
+from tests.conftest import JWT_SECRET, auth, gql, make_settings
+from ticketing.app import create_app
+from ticketing.settings import DEVELOPMENT_JWT_SECRET, Settings
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+
+
+def refused(client: TestClient, query: str, limit: str) -> dict[str, Any]:
+    response = client.post("/graphql", json={"query": query}, headers={"Accept": GRAPHQL_RESPONSE})
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert "data" not in body  # nothing was executed
+    # (graphql-core's own introspection-depth rule may add an error of its own.)
+    [error] = [e for e in body["errors"] if e["extensions"]["code"] == "QUERY_LIMIT_EXCEEDED"]
+    assert error["extensions"]["limit"] == limit
+    assert limit in error["message"]
+    return error
+
+
+def nested_type_query(levels: int) -> str:
+    inner = "name"
+    for _ in range(levels):
+        inner = f"fields {{ type {{ {inner} }} }}"
+    return f'{{ __type(name: "Event") {{ {inner} }} }}'
+
+
+def test_deep_queries_are_refused(client: TestClient) -> None:
+    cycle = "reservations { edges { node { event { "
+    deep = "{ events { edges { node { " + cycle * 4 + "id" + " } } } }" * 4 + " } } } }"
+    error = refused(client, deep, "depth")
+    assert error["extensions"]["max"] == 15
+
+
+def test_deep_introspection_is_refused_too(client: TestClient) -> None:
+    refused(client, nested_type_query(8), "depth")
+    shallow = gql(client, nested_type_query(2))
+    assert shallow["data"]["__type"]["fields"]
+
+
+def test_the_standard_introspection_query_is_within_the_limits(client: TestClient) -> None:
+    body = gql(client, get_introspection_query(descriptions=True))
+    assert "errors" not in body
+    assert body["data"]["__schema"]["queryType"]["name"] == "Query"
+
+
+def test_too_many_aliases_are_refused(client: TestClient) -> None:
+    aliased = "{ " + " ".join(f"a{i}: __typename" for i in range(31)) + " }"
+    error = refused(client, aliased, "aliases")
+    assert error["extensions"]["max"] == 30
+    assert "errors" not in gql(
+        client, "{ " + " ".join(f"a{i}: __typename" for i in range(30)) + " }"
+    )
+
+
+def test_expensive_queries_are_refused_by_estimated_cost(client: TestClient) -> None:
+    nested = """{ events(first: 100) { edges { node {
+        reservations(first: 100) { edges { node { id quantity } } } } } } }"""
+    refused(client, nested, "cost")
+
+
+def test_huge_documents_are_refused_by_token_count(client: TestClient) -> None:
+    fields = " ".join("__typename" for _ in range(2500))
+    body = client.post("/graphql", json={"query": f"{{ {fields} }}"}).json()
+    assert "data" not in body
+    assert "2000 tokens" in body["errors"][0]["message"]
+
+
+def test_oversized_bodies_are_refused(client: TestClient) -> None:
+    padding = "#" * 120_000
+    response = client.post("/graphql", json={"query": f"{{ __typename }} {padding}"})
+    assert response.status_code == 413
+    assert "limit of 100000 bytes" in response.json()["errors"][0]["message"]
+
+
+def test_oversized_query_strings_are_refused(database_url: str) -> None:
+    with TestClient(create_app(make_settings(database_url, max_body_bytes=2048))) as client:
+        padding = "#" * 3000
+        response = client.get("/graphql", params={"query": f"{{ __typename }} {padding}"})
+        assert response.status_code == 414
+        assert client.get("/graphql", params={"query": "{ __typename }"}).status_code == 200
+
+
+def test_batches_are_refused(client: TestClient) -> None:
+    response = client.post("/graphql", json=[{"query": "{ __typename }"}] * 3)
+    assert response.status_code == 400
+    assert "batches" in response.json()["errors"][0]["message"]
+
+
+def test_limits_follow_the_settings(database_url: str) -> None:
+    settings = make_settings(database_url, max_query_aliases=2, max_query_depth=3)
+    with TestClient(create_app(settings)) as client:
+        refused(client, "{ a: __typename b: __typename c: __typename }", "aliases")
+        refused(client, "{ events { edges { node { id } } } }", "depth")
+
+
+@pytest.mark.parametrize("secret", [None, DEVELOPMENT_JWT_SECRET, "short-secret", "x" * 31])
+def test_production_refuses_a_missing_or_weak_secret(secret: str | None) -> None:
+    given = {} if secret is None else {"jwt_secret": secret}
+    with pytest.raises(ValidationError, match="TICKETING_JWT_SECRET"):
+        Settings(env="production", database_url="postgresql://x/y", **given)
+
+
+def test_serve_in_production_without_a_secret_exits_with_the_reason() -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "TICKETING_ENV": "production",
+        "DATABASE_URL": "postgresql://x/y",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "ticketing", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "TICKETING_JWT_SECRET" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.fixture
+def production(database_url: str) -> Iterator[TestClient]:
+    settings = make_settings(database_url, env="production")
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_production_turns_graphiql_and_introspection_off(production: TestClient) -> None:
+    page = production.get("/graphql", headers={"Accept": "text/html"})
+    assert "text/html" not in page.headers["content-type"]
+    body = gql(production, "{ __schema { types { name } } }")
+    assert "introspection" in body["errors"][0]["message"].lower()
+    assert gql(production, "{ __typename }") == {"data": {"__typename": "Query"}}
+    assert "errors" not in gql(production, "{ events { totalCount } }", headers=auth())
+
+
+def test_production_can_allow_introspection(database_url: str) -> None:
+    settings = make_settings(database_url, env="production", introspection=True, graphiql=True)
+    assert settings.jwt_secret.get_secret_value() == JWT_SECRET
+    with TestClient(create_app(settings)) as client:
+        assert "errors" not in gql(client, "{ __schema { queryType { name } } }")
+        assert (
+            "text/html"
+            in client.get("/graphql", headers={"Accept": "text/html"}).headers["content-type"]
+        )
+
+
+def test_cors_allows_only_the_listed_origins(database_url: str) -> None:
+    settings = make_settings(database_url, cors_origins="https://app.example, https://b.example")
+    assert settings.cors_origins == ["https://app.example", "https://b.example"]
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+    with TestClient(create_app(settings)) as client:
+        allowed = client.options("/graphql", headers={"Origin": "https://app.example", **preflight})
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+        denied = client.options("/graphql", headers={"Origin": "https://evil.example", **preflight})
+        assert "access-control-allow-origin" not in denied.headers
+        answer = client.post(
+            "/graphql", json={"query": "{ __typename }"}, headers={"Origin": "https://app.example"}
+        )
+        assert answer.headers["access-control-allow-origin"] == "https://app.example"
+        assert "x-request-id" in answer.headers["access-control-expose-headers"].lower()
