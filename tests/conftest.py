@@ -24,7 +24,7 @@ from ticketing.db import create_db_engine
 from ticketing.settings import Settings
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
-TABLES = "reservation_change, reservation, event"
+TABLES = "idempotency_key, reservation_change, reservation, event"
 
 
 @pytest.fixture(scope="session")
@@ -216,8 +216,13 @@ def snapshot(engine: Engine) -> list[Any]:
     """Everything in the database, to prove a refused request changed nothing."""
     with engine.connect() as connection:
         return [
-            list(connection.execute(sa.text(f"SELECT * FROM {table} ORDER BY id")))
-            for table in ("event", "reservation", "reservation_change")
+            list(connection.execute(sa.text(f"SELECT * FROM {table} ORDER BY {order}")))
+            for table, order in (
+                ("event", "id"),
+                ("reservation", "id"),
+                ("reservation_change", "id"),
+                ("idempotency_key", "customer_id, key"),
+            )
         ]
 
 

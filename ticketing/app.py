@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -15,6 +18,7 @@ from starlette.routing import Route
 
 from ticketing.api.schema import build_schema
 from ticketing.db import Database, DatabaseUnavailable
+from ticketing.domain import idempotency
 from ticketing.http import GraphQLEndpoint
 from ticketing.migrations import is_at_head
 from ticketing.settings import Settings, get_settings
@@ -50,9 +54,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
             return JSONResponse({"status": "unavailable", "database": "migrations pending"}, 503)
         return JSONResponse({"status": "ready"})
 
+    async def purge_idempotency_keys() -> None:
+        ttl = timedelta(hours=settings.idempotency_key_ttl_hours)
+        while True:
+            try:
+                purged = await db.run(lambda s: idempotency.purge_expired(s, older_than=ttl))
+                logger.debug("Purged %d expired idempotency keys", purged)
+            except DatabaseUnavailable as error:
+                logger.warning("Could not purge idempotency keys: %s", error)
+            await asyncio.sleep(settings.idempotency_purge_interval_s)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        purging = asyncio.create_task(purge_idempotency_keys())
         yield
+        purging.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purging
         db.dispose()
 
     middleware = []

@@ -84,7 +84,11 @@ class GraphQLEndpoint:
                 {"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
         context = Context(
-            db=self.db, viewer=viewer, request_id=request_id, operation_name=params.operation_name
+            db=self.db,
+            viewer=viewer,
+            request_id=request_id,
+            operation_name=params.operation_name,
+            idempotency_key=request.headers.get("idempotency-key"),
         )
         try:
             result = await self.schema.execute(

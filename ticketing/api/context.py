@@ -27,6 +27,7 @@ class Context:
     request_id: str
     # As the client sent it: Strawberry fills in the first operation's name when it is missing.
     operation_name: str | None = None
+    idempotency_key: str | None = None  # the Idempotency-Key header
     loaders: Loaders = field(init=False)
 
     def __post_init__(self) -> None:

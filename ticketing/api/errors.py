@@ -96,6 +96,14 @@ class InvalidEvent(Error):
     field: str = strawberry.field(description="The input field at fault, as named in the schema.")
 
 
+@strawberry.type(
+    description="The idempotency key was already used by this customer for a different "
+    "request (another operation or input). Nothing was changed."
+)
+class IdempotencyKeyReused(Error):
+    pass
+
+
 def to_graphql(error: domain.DomainError) -> Error:
     """The typed GraphQL error for a domain refusal."""
     match error:
@@ -115,6 +123,8 @@ def to_graphql(error: domain.DomainError) -> Error:
             return EventStarted(message=error.message)
         case domain.InvalidEvent(field=field):
             return InvalidEvent(message=error.message, field=to_camel_case(field))
+        case domain.IdempotencyKeyReused():
+            return IdempotencyKeyReused(message=error.message)
     raise TypeError(f"No GraphQL error type for {type(error).__name__}")
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, TypeAlias, cast
 
@@ -14,19 +17,22 @@ from ticketing.api.context import Info
 from ticketing.api.errors import (
     CustomerLimitReached,
     Error,
+    ErrorCode,
     EventCancelled,
     EventStarted,
+    IdempotencyKeyReused,
     InvalidEvent,
     InvalidQuantity,
     NotEnoughTickets,
     NotFound,
     ReservationCancelled,
     not_found,
+    request_error,
     to_graphql,
 )
 from ticketing.api.ids import key_of
 from ticketing.api.types import Event, Reservation
-from ticketing.domain import booking, events, models
+from ticketing.domain import booking, events, idempotency, models
 from ticketing.domain.errors import DomainError
 
 
@@ -41,10 +47,24 @@ class ReservationOperation(enum.Enum):
     )
 
 
+IDEMPOTENCY_KEY_DESCRIPTION = (
+    "Makes a retry safe: a repeat of this request with the same key (by the same customer) "
+    "returns the first answer and changes nothing, even when the repeats arrive at once. "
+    "Any string of 1 to 255 printable ASCII characters, unique per request (a UUID is a good "
+    "choice); the same key with a different input is refused with IdempotencyKeyReused. "
+    "Keys are kept for at least 24 hours. Given here, it wins over the `Idempotency-Key` HTTP "
+    "header, which otherwise applies to every keyed mutation of the request. A refused "
+    "request is not remembered: retrying it tries again."
+)
+
+
 @strawberry.input(description="Reserve tickets for an event.")
 class CreateReservationInput:
     event_id: strawberry.ID = strawberry.field(description="The event's global ID.")
     quantity: int = strawberry.field(description="How many tickets to reserve; at least 1.")
+    idempotency_key: str | None = strawberry.field(
+        default=None, description=IDEMPOTENCY_KEY_DESCRIPTION
+    )
 
 
 @strawberry.input(description="Change the number of tickets in one of your reservations.")
@@ -55,6 +75,9 @@ class UpdateReservationInput:
     )
     quantity: int = strawberry.field(
         description="How many tickets to add or give back; at least 1."
+    )
+    idempotency_key: str | None = strawberry.field(
+        default=None, description=IDEMPOTENCY_KEY_DESCRIPTION
     )
 
 
@@ -140,7 +163,8 @@ CreateReservationResult: TypeAlias = Annotated[
     | NotEnoughTickets
     | CustomerLimitReached
     | EventCancelled
-    | EventStarted,
+    | EventStarted
+    | IdempotencyKeyReused,
     strawberry.union(
         "CreateReservationResult", description="The new reservation, or why it was refused."
     ),
@@ -153,7 +177,8 @@ UpdateReservationResult: TypeAlias = Annotated[
     | CustomerLimitReached
     | ReservationCancelled
     | EventCancelled
-    | EventStarted,
+    | EventStarted
+    | IdempotencyKeyReused,
     strawberry.union(
         "UpdateReservationResult", description="The changed reservation, or why it was refused."
     ),
@@ -203,6 +228,9 @@ class Mutation:
                 lambda s: booking.reserve(
                     s, event_id=event_id, actor=actor, quantity=input.quantity
                 ),
+                keyed=_idempotency(
+                    info, input.idempotency_key, "createReservation", input.event_id, input.quantity
+                ),
             ),
         )
 
@@ -232,6 +260,14 @@ class Mutation:
                 info,
                 lambda s: operation(
                     s, reservation_id=reservation_id, actor=actor, quantity=input.quantity
+                ),
+                keyed=_idempotency(
+                    info,
+                    input.idempotency_key,
+                    "updateReservation",
+                    input.reservation_id,
+                    input.operation.name,
+                    input.quantity,
                 ),
             ),
         )
@@ -319,15 +355,50 @@ class Mutation:
         )
 
 
+@dataclass(frozen=True)
+class Idempotency:
+    key: str
+    fingerprint: str
+
+
+def _idempotency(info: Info, given: str | None, *request: object) -> Idempotency | None:
+    """The request's idempotency key (the input field's, else the header's), with a
+    fingerprint of what the request asks for."""
+    key = given if given is not None else info.context.idempotency_key
+    if key is None:
+        return None
+    if not idempotency.is_valid_key(key):
+        raise request_error(
+            ErrorCode.BAD_USER_INPUT,
+            f"An idempotency key must be 1 to {idempotency.MAX_KEY_LENGTH} printable ASCII "
+            "characters.",
+        )
+    fingerprint = hashlib.sha256(json.dumps(request).encode()).hexdigest()
+    return Idempotency(key, fingerprint)
+
+
 async def _book(
-    info: Info, work: Callable[[Session], booking.Booking]
+    info: Info,
+    work: Callable[[Session], booking.Booking],
+    *,
+    keyed: Idempotency | None = None,
 ) -> ReservationPayload | Error:
+    if keyed is not None:
+        work = _once(work, info.context.require_viewer(), keyed)
     try:
         done = await info.context.db.run(work)
     except DomainError as refusal:
         return to_graphql(refusal)
     info.context.loaders.forget_all(fresh_event=done.event)
     return ReservationPayload.from_booking(done)
+
+
+def _once(
+    work: Callable[[Session], booking.Booking], actor: booking.Actor, keyed: Idempotency
+) -> Callable[[Session], booking.Booking]:
+    return lambda session: idempotency.once(
+        session, actor=actor, key=keyed.key, fingerprint=keyed.fingerprint, perform=work
+    )
 
 
 async def _change_event(

@@ -93,3 +93,12 @@ class InvalidEvent(DomainError):
     @property
     def message(self) -> str:
         return self.reason
+
+
+class IdempotencyKeyReused(DomainError):
+    @property
+    def message(self) -> str:
+        return (
+            "This idempotency key was already used for a different request; use a new key "
+            "for a new request."
+        )

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlmodel import Field, SQLModel
 
 
@@ -142,4 +144,22 @@ class ReservationChange(SQLModel, table=True):
     # Tickets added, removed or (for CANCELLED) released by this change.
     quantity: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
     actor: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    created_at: datetime | None = Field(default=None, sa_column=_timestamp_column())
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A customer's key for a request that changed something, with what it answered, so that
+    a retry with the same key gets the same answer instead of a second change."""
+
+    __tablename__ = "idempotency_key"
+    __table_args__ = (sa.Index("ix_idempotency_key_created_at", "created_at"),)
+
+    customer_id: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    key: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    # A hash of the operation and its input: the same key must not be reused for another.
+    fingerprint: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    # The reservation and event as they were answered (JSON); null until the work is done.
+    outcome: dict[str, Any] | None = Field(
+        default=None, sa_column=sa.Column(postgresql.JSONB, nullable=True)
+    )
     created_at: datetime | None = Field(default=None, sa_column=_timestamp_column())

@@ -1,0 +1,78 @@
+"""Safe retries: a booking operation run under a customer's idempotency key happens once;
+a retry with the same key returns the first answer and changes nothing.
+
+The key is claimed with INSERT ... ON CONFLICT DO NOTHING inside the operation's own
+transaction, before any event lock. A concurrent retry's INSERT waits on the first one's
+uncommitted row: once that commits, the retry finds the stored answer; if it rolled back (a
+refusal, which changes nothing and is not remembered), the retry claims the key and runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import Session, col
+
+from ticketing.domain.booking import Actor, Booking
+from ticketing.domain.errors import IdempotencyKeyReused
+from ticketing.domain.models import Event, IdempotencyKey, Reservation
+
+MAX_KEY_LENGTH = 255
+
+
+def is_valid_key(key: str) -> bool:
+    return 0 < len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable()
+
+
+def once(
+    session: Session,
+    *,
+    actor: Actor,
+    key: str,
+    fingerprint: str,
+    perform: Callable[[Session], Booking],
+) -> Booking:
+    """`perform`, unless this customer already did it under `key`: then its first answer.
+    `fingerprint` identifies the request; the same key with another one is refused."""
+    claimed = session.exec(
+        insert(IdempotencyKey)
+        .values(customer_id=actor.customer_id, key=key, fingerprint=fingerprint)
+        .on_conflict_do_nothing(index_elements=["customer_id", "key"])
+        .returning(col(IdempotencyKey.key))
+    ).first()
+    if claimed is None:
+        return _replay(session, actor, key, fingerprint)
+    done = perform(session)
+    outcome = {
+        "reservation": done.reservation.model_dump(mode="json"),
+        "event": done.event.model_dump(mode="json"),
+    }
+    session.exec(
+        sa.update(IdempotencyKey)
+        .where(col(IdempotencyKey.customer_id) == actor.customer_id, col(IdempotencyKey.key) == key)
+        .values(outcome=outcome)
+    )
+    return done
+
+
+def _replay(session: Session, actor: Actor, key: str, fingerprint: str) -> Booking:
+    stored = session.get(IdempotencyKey, (actor.customer_id, key))
+    assert stored is not None
+    assert stored.outcome is not None, "a claimed key commits with its outcome"
+    if stored.fingerprint != fingerprint:
+        raise IdempotencyKeyReused()
+    return Booking(
+        reservation=Reservation.model_validate(stored.outcome["reservation"]),
+        event=Event.model_validate(stored.outcome["event"]),
+    )
+
+
+def purge_expired(session: Session, *, older_than: timedelta) -> int:
+    """Forget keys older than `older_than`; returns how many."""
+    purged = session.exec(
+        sa.delete(IdempotencyKey).where(col(IdempotencyKey.created_at) < sa.func.now() - older_than)
+    )
+    return int(purged.rowcount)
