@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine, make_url
 from starlette.testclient import TestClient
 
 from ticketing import migrations
-from ticketing.api.ids import to_global_id
+from ticketing.api.ids import key_of, to_global_id
 from ticketing.app import create_app
 from ticketing.auth import mint_token
 from ticketing.db import create_db_engine
@@ -178,13 +178,19 @@ def insert_event(
 
 def start_event_now(engine: Engine, event_id: str) -> None:
     """Move an event's start into the past, as time passing would."""
-    from ticketing.api.ids import key_of
-
     with engine.begin() as connection:
         connection.execute(
             sa.text("UPDATE event SET starts_at = now() - interval '1 minute' WHERE id = :id"),
             {"id": key_of(event_id, "Event")},
         )
+
+
+def lock_event_row(connection: sa.Connection, event_id: str) -> None:
+    """Hold an event's row lock in the connection's transaction, as a slow request would."""
+    connection.execute(
+        sa.text("SELECT 1 FROM event WHERE id = :id FOR UPDATE"),
+        {"id": key_of(event_id, "Event")},
+    )
 
 
 def invariant_violations(engine: Engine) -> list[Any]:

@@ -16,7 +16,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.conftest import JWT_SECRET, ORGANIZER, auth, insert_event, invariant_violations
+from tests.conftest import (
+    JWT_SECRET,
+    ORGANIZER,
+    auth,
+    insert_event,
+    invariant_violations,
+    lock_event_row,
+)
 from tests.servers import RunningServer, serve
 from ticketing.api.ids import key_of
 
@@ -211,10 +218,7 @@ def test_slow_database_work_does_not_block_other_requests(
     with serve(env, workers=1, log_dir=tmp_path) as running:
         blocker = engine.connect()
         transaction = blocker.begin()
-        blocker.execute(
-            sa.text("SELECT 1 FROM event WHERE id = :id FOR UPDATE"),
-            {"id": key_of(event_id, "Event")},
-        )
+        lock_event_row(blocker, event_id)
 
         async def main() -> None:
             async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:

@@ -24,6 +24,7 @@ from tests.conftest import (
     gql,
     insert_event,
     invariant_violations,
+    lock_event_row,
     make_settings,
     snapshot,
 )
@@ -45,10 +46,7 @@ def test_a_client_behind_a_locked_row_gets_a_typed_answer_in_bounded_time(
     event_id = insert_event(engine, capacity=5)
     settings = make_settings(database_url, db_lock_timeout_ms=300)
     with TestClient(create_app(settings)) as client, engine.connect() as blocker:
-        blocker.execute(
-            sa.text("SELECT 1 FROM event WHERE id = :id FOR UPDATE"),
-            {"id": key_of(event_id, "Event")},
-        )
+        lock_event_row(blocker, event_id)
         before_lock_released = time.monotonic()
         body = gql(client, RESERVE, {"id": event_id, "n": 1}, headers=auth(), expect_status=503)
         waited = time.monotonic() - before_lock_released

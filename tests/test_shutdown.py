@@ -11,9 +11,8 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.conftest import JWT_SECRET, auth, insert_event, invariant_violations
+from tests.conftest import JWT_SECRET, auth, insert_event, invariant_violations, lock_event_row
 from tests.servers import serve
-from ticketing.api.ids import key_of
 
 RESERVE = """mutation($id: ID!) { createReservation(input: {eventId: $id, quantity: 2}) {
     __typename ... on ReservationPayload { reservation { id } } } }"""
@@ -28,10 +27,7 @@ def test_sigterm_finishes_in_flight_mutations_then_exits(
         # Hold the event's row so the mutation is still running when SIGTERM arrives.
         blocker = engine.connect()
         transaction = blocker.begin()
-        blocker.execute(
-            sa.text("SELECT 1 FROM event WHERE id = :id FOR UPDATE"),
-            {"id": key_of(event_id, "Event")},
-        )
+        lock_event_row(blocker, event_id)
 
         async def main() -> None:
             async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
