@@ -149,15 +149,22 @@ def _take_tickets(session: Session, event_id: int, quantity: int) -> Event | Non
 def lock_event(session: Session, event_id: int) -> tuple[Event, bool]:
     """Lock an event's row (the first lock of every operation on it); also says whether it has
     started."""
+    found = _lock_event_where(session, col(Event.id) == event_id)
+    if found is None:
+        raise NotFound("Event", event_id)
+    return found
+
+
+def _lock_event_where(
+    session: Session, condition: sa.ColumnElement[bool]
+) -> tuple[Event, bool] | None:
     found = session.exec(
         select(Event, has_started)
-        .where(col(Event.id) == event_id)
+        .where(condition)
         .with_for_update(of=Event)
         .execution_options(populate_existing=True)
     ).one_or_none()
-    if found is None:
-        raise NotFound("Event", event_id)
-    return found[0], found[1]
+    return None if found is None else (found[0], found[1])
 
 
 def _lock_for_change(session: Session, reservation_id: int) -> tuple[Event, Reservation, bool]:
@@ -167,12 +174,7 @@ def _lock_for_change(session: Session, reservation_id: int) -> tuple[Event, Rese
     event_of_reservation = (
         select(Reservation.event_id).where(col(Reservation.id) == reservation_id).scalar_subquery()
     )
-    found = session.exec(
-        select(Event, has_started)
-        .where(col(Event.id) == event_of_reservation)
-        .with_for_update(of=Event)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+    found = _lock_event_where(session, col(Event.id) == event_of_reservation)
     if found is None:
         raise NotFound("Reservation", reservation_id)
     event, started = found
