@@ -121,6 +121,19 @@ class BookingMachine(RuleBasedStateMachine):
         quantity=quantities,
     )
     def reserve(self, event: int, owner: str, quantity: int) -> Any:
+        return self.try_reserve(event, owner, quantity)
+
+    @rule(
+        target=reservations_made,
+        event=events_made,
+        owner=st.sampled_from(CUSTOMERS),
+        beyond=st.integers(0, 1),
+    )
+    def reserve_at_the_edge(self, event: int, owner: str, beyond: int) -> Any:
+        """Asks for exactly what is left, or one more: where overselling would begin."""
+        return self.try_reserve(event, owner, self.model.events[event].available + beyond)
+
+    def try_reserve(self, event: int, owner: str, quantity: int) -> Any:
         state = self.model.events[event]
         expected = (
             "InvalidQuantity"
@@ -160,6 +173,16 @@ class BookingMachine(RuleBasedStateMachine):
 
     @rule(reservation=reservations_made, actor=st.sampled_from(CUSTOMERS), quantity=quantities)
     def increase(self, reservation: int, actor: str, quantity: int) -> None:
+        self.try_increase(reservation, actor, quantity)
+
+    @rule(reservation=reservations_made, beyond=st.integers(0, 1))
+    def increase_at_the_edge(self, reservation: int, beyond: int) -> None:
+        """The owner asks for exactly what is left, or one more."""
+        mine = self.model.reservations[reservation]
+        available = self.model.events[mine.event].available
+        self.try_increase(reservation, mine.owner, available + beyond)
+
+    def try_increase(self, reservation: int, actor: str, quantity: int) -> None:
         mine = self.model.reservations[reservation]
         expected = (
             self.change_refusal(reservation, actor, quantity)
