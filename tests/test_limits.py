@@ -12,8 +12,10 @@ import pytest
 from graphql import get_introspection_query
 from pydantic import ValidationError
 from starlette.testclient import TestClient
+from strawberry.extensions import ParserCache, ValidationCache
 
 from tests.conftest import JWT_SECRET, auth, gql, make_settings
+from ticketing.api.schema import DOCUMENT_CACHE_SIZE, build_schema
 from ticketing.app import create_app
 from ticketing.settings import DEVELOPMENT_JWT_SECRET, Settings
 
@@ -99,6 +101,17 @@ def test_batches_are_refused(client: TestClient) -> None:
     response = client.post("/graphql", json=[{"query": "{ __typename }"}] * 3)
     assert response.status_code == 400
     assert "batches" in response.json()["errors"][0]["message"]
+
+
+def test_a_flood_of_unique_documents_cannot_grow_the_caches_without_bound() -> None:
+    schema = build_schema()
+    for number in range(DOCUMENT_CACHE_SIZE + 200):
+        assert schema.execute_sync(f"{{ unique{number}: __typename }}").errors is None
+    parsing, validating = ParserCache(DOCUMENT_CACHE_SIZE), ValidationCache(DOCUMENT_CACHE_SIZE)
+    for cache in (parsing.cached_parse_document, validating.cached_validate_document):
+        info = cache.cache_info()  # type: ignore[attr-defined]
+        assert info.currsize == DOCUMENT_CACHE_SIZE, info
+        assert info.misses >= DOCUMENT_CACHE_SIZE + 200
 
 
 def test_limits_follow_the_settings(database_url: str) -> None:

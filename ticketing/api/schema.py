@@ -31,6 +31,9 @@ logger = logging.getLogger("ticketing.graphql")
 
 INTERNAL_ERROR_MESSAGE = "Internal server error."
 UNAVAILABLE_MESSAGE = "The service is briefly unavailable; nothing was changed. Retry shortly."
+# Parsed and validated documents kept per process, least recently used first out: a flood of
+# unique documents can't grow memory without bound.
+DOCUMENT_CACHE_SIZE = 1024
 
 
 def is_unexpected(error: GraphQLError) -> bool:
@@ -126,12 +129,12 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         mutation=Mutation,
         types=[Event, Reservation],
         extensions=[
-            # Factories, as extensions hold per-request state; the caches are shared, bounded
-            # LRUs. The token limit applies while parsing, before anything else.
+            # Factories, as extensions hold per-request state; the caches they use are shared
+            # across requests. The token limit applies while parsing, before anything else.
             lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
-            lambda: ParserCache(maxsize=1024),
+            lambda: ParserCache(maxsize=DOCUMENT_CACHE_SIZE),
             lambda: AddValidationRules(rules),
-            lambda: ValidationCache(maxsize=1024),
+            lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
             RequireOperationName,
             MaskUnexpectedErrors,
         ],
