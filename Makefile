@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install serve test lint schema
+.PHONY: install serve test lint schema bench
 
 install: $(INSTALLED)
 
@@ -27,3 +27,6 @@ lint: $(INSTALLED)
 
 schema: $(INSTALLED)
 	$(BIN)/ticketing export-schema schema.graphql
+
+bench: $(INSTALLED)
+	$(BIN)/python -m bench.run

@@ -21,6 +21,7 @@ from ticketing.api.ids import key_of, to_global_id
 from ticketing.app import create_app
 from ticketing.auth import mint_token
 from ticketing.db import create_db_engine
+from ticketing.domain.audit import inventory_mismatches
 from ticketing.settings import Settings
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -196,18 +197,7 @@ def lock_event_row(connection: sa.Connection, event_id: str) -> None:
 def invariant_violations(engine: Engine) -> list[Any]:
     """Events where available + active reservations != capacity (should be none)."""
     with engine.connect() as connection:
-        return list(
-            connection.execute(
-                sa.text(
-                    "SELECT e.id, e.capacity, e.tickets_available, COALESCE(SUM(r.quantity), 0)"
-                    " FROM event e LEFT JOIN reservation r"
-                    " ON r.event_id = e.id AND r.status = 'ACTIVE'"
-                    " GROUP BY e.id HAVING e.tickets_available + COALESCE(SUM(r.quantity), 0)"
-                    " <> e.capacity OR e.tickets_available < 0"
-                    " OR e.tickets_available > e.capacity"
-                )
-            )
-        )
+        return list(inventory_mismatches(connection))
 
 
 def table_counts(engine: Engine) -> dict[str, int]:

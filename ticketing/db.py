@@ -26,6 +26,10 @@ class DatabaseUnavailable(Exception):
     committed, and retrying later may succeed."""
 
 
+# Connections broken by a database restart are replaced, not handed out.
+POOL_PRE_PING = True
+
+
 def create_db_engine(
     url: str,
     *,
@@ -44,8 +48,7 @@ def create_db_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        # Connections broken by a database restart are replaced, not handed out.
-        pool_pre_ping=True,
+        pool_pre_ping=POOL_PRE_PING,
         # The booking locks are designed for READ COMMITTED: each statement after a lock sees
         # what was committed before it. UTC sessions keep every timestamp readable.
         isolation_level="READ COMMITTED",

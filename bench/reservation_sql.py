@@ -1,0 +1,70 @@
+"""The database's ceiling for the reservation path: the exact SQL that `booking.reserve`
+sends, captured from a real reservation and turned into a pgbench script."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from psycopg2.extensions import AsIs
+from sqlalchemy.engine import Engine
+
+from ticketing.db import POOL_PRE_PING, Database
+from ticketing.domain import booking
+
+_CUSTOMER = "pgbench-capture"
+_QUANTITY = 1
+
+
+def pgbench_script(engine: Engine, event_id: int) -> str:
+    """A pgbench transaction sending what one reservation of `event_id` sends, each by a
+    different customer (`:customer`) for 1 or 2 tickets (`:quantity`). Run it with
+    `-M simple`, as psycopg2 sends statements with their values inlined."""
+    sent: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        sent.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        made = Database(engine, max_threads=1).transaction(
+            lambda session: booking.reserve(
+                session, event_id=event_id, actor=booking.Actor(_CUSTOMER), quantity=_QUANTITY
+            )
+        )
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    reservation_id = made.reservation.id
+    lines = []
+    with engine.connect() as connection:
+        cursor = connection.connection.cursor()
+        for text, values in sent:
+            sql = cursor.mogrify(text, _variables(values, reservation_id)).decode()
+            statement = " ".join(sql.split())
+            # pgbench keeps the new reservation's id (`:id`) for the statements after it.
+            creates = statement.startswith("INSERT INTO reservation ")
+            lines.append(statement + (" \\gset" if creates else ";"))
+    script = "\n".join(lines)
+    if not all(part in script for part in ("'pgbench-:customer'", ":quantity", ":id", "gset")):
+        raise RuntimeError(f"The reservation path changed; see what it sent:\n{script}")
+    # psycopg2 opens the transaction itself, and the pool's liveness check comes first.
+    ping = "SELECT 1;\n" if POOL_PRE_PING else ""
+    return (
+        "\\set customer random(1, 1000000000)\n"
+        "\\set quantity random(1, 2)\n"
+        f"BEGIN;\n{ping}{script}\nCOMMIT;\n"
+    )
+
+
+def _variables(values: dict[str, Any], reservation_id: int | None) -> dict[str, Any]:
+    """Stand pgbench variables in for the captured customer, quantity and reservation."""
+    return {
+        name: AsIs("'pgbench-:customer'")
+        if value == _CUSTOMER
+        else AsIs(":quantity")
+        if value == _QUANTITY and ("quantity" in name or "tickets_available" in name)
+        else AsIs(":id")
+        if value == reservation_id and name == "reservation_id"
+        else value
+        for name, value in values.items()
+    }

@@ -1,0 +1,465 @@
+"""The benchmark: `python -m bench.run` (or `make bench`).
+
+Prepares a database (an embedded PostgreSQL in bench/.work unless BENCH_DATABASE_URL names a
+database it may wipe), starts the service as in production (a worker per core, GraphiQL off),
+runs each scenario with wrk, checks the inventory invariant and every answer after each one,
+measures the database's and the HTTP stack's ceilings in the same run, and prints a markdown
+table of medians, also written to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from bench import dataset, reservation_sql
+from ticketing import migrations
+from ticketing.db import create_db_engine
+from ticketing.domain.audit import inventory_mismatches
+from ticketing.embedded import start_embedded_postgres
+
+BENCH = Path(__file__).resolve().parent
+WORK = BENCH / ".work"
+LUA = BENCH / "lua"
+RESULTS = BENCH / "results"
+WARM_UP_S = 3
+WRK_THREADS = 2
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    script: str
+    connections: int
+
+
+SCENARIOS = [
+    Scenario("browse", "browse.lua", 32),
+    Scenario("my reservations", "my_reservations.lua", 32),
+    Scenario("hot sale", "hot_sale.lua", 64),
+    Scenario("mixed", "mixed.lua", 64),
+]
+HOT_SALE = SCENARIOS[2]
+HTTP_CEILING = Scenario("HTTP ceiling: bare Starlette, fixed JSON", "browse.lua", 32)
+DB_CEILING_NAME = "DB ceiling: pgbench, the reservation SQL"
+
+
+@dataclass
+class Run:
+    requests_per_s: float
+    successes_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    peak_rss_mib: float
+
+
+@dataclass
+class Measured:
+    name: str
+    connections: int
+    runs: list[Run] = field(default_factory=list)
+
+    def median(self, attribute: str) -> float:
+        return float(statistics.median(getattr(run, attribute) for run in self.runs))
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of requests/s: how noisy the runs were."""
+        rates = [run.requests_per_s for run in self.runs]
+        return (max(rates) - min(rates)) / statistics.median(rates) if rates else 0.0
+
+
+class BenchmarkFailed(Exception):
+    pass
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per scenario (median)")
+    parser.add_argument("--duration", type=int, default=20, help="seconds per run")
+    parser.add_argument("--soak", type=int, default=120, help="seconds of mixed load, 0 skips")
+    args = parser.parse_args()
+
+    wrk = _require_wrk()
+    WORK.mkdir(exist_ok=True)
+    url = os.environ.get("BENCH_DATABASE_URL") or start_embedded_postgres(WORK / "db").url
+    engine = create_db_engine(url)
+    migrations.upgrade(engine)
+    secret = secrets.token_urlsafe(48)
+    print("Preparing data and tokens...", flush=True)
+    dataset.load(engine)
+    dataset.write_client_files(engine, secret, WORK)
+    db_script = WORK / "reserve.sql"
+    db_script.write_text(reservation_sql.pgbench_script(engine, event_id=1))
+
+    measured = {s.name: Measured(s.name, s.connections) for s in [*SCENARIOS, HTTP_CEILING]}
+    measured[DB_CEILING_NAME] = Measured(DB_CEILING_NAME, HOT_SALE.connections)
+    failures: list[str] = []
+    soak_growth: float | None = None
+    with _service(url, secret) as service:
+        answer = WORK / "browse_answer.json"
+        answer.write_bytes(_browse_answer(service.port))
+        for number in range(1, args.runs + 1):
+            print(f"Run {number} of {args.runs}", flush=True)
+            dataset.load(engine)
+            for scenario in SCENARIOS:
+                run = _wrk_run(wrk, scenario, service, args.duration)
+                failures += _check(scenario.name, run, engine)
+                measured[scenario.name].runs.append(run)
+            measured[DB_CEILING_NAME].runs.append(
+                _pgbench_run(url, db_script, HOT_SALE.connections, args.duration)
+            )
+        if args.soak:
+            print(f"Soak: mixed load for {args.soak} s", flush=True)
+            dataset.load(engine)
+            soak_growth = _soak(wrk, service, args.soak)
+    with _ceiling_server(answer) as ceiling:
+        for _ in range(args.runs):
+            measured[HTTP_CEILING.name].runs.append(
+                _wrk_run(wrk, HTTP_CEILING, ceiling, args.duration)
+            )
+
+    report = _report(measured, args, engine, soak_growth, failures)
+    print(report)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{datetime.now(UTC):%Y-%m-%dT%H%M}.md"
+    path.write_text(report)
+    print(f"Written to {path.relative_to(BENCH.parent)}")
+    return 1 if failures else 0
+
+
+def _require_wrk() -> str:
+    """wrk, installed from Debian's packages when missing."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    print("Installing wrk from Debian's packages...", flush=True)
+    installed = subprocess.run(
+        [*sudo, "apt-get", "install", "-y", "-q", "wrk"], capture_output=True, text=True
+    )
+    found = shutil.which("wrk")
+    if installed.returncode or not found:
+        raise SystemExit(f"Install wrk (apt-get install wrk) and run again:\n{installed.stderr}")
+    return found
+
+
+@dataclass
+class Server:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def workers(self) -> list[int]:
+        """The worker processes (uvicorn's children), or the server itself if it has none."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pids = [int(pid) for pid in children.read_text().split()]
+        workers = [pid for pid in pids if "resource_tracker" not in _command_line(pid)]
+        return workers or [self.process.pid]
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+@contextmanager
+def _service(url: str, secret: str) -> Iterator[Server]:
+    """The service as deployed: production mode, a worker per core."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "TICKETING_ENV": "production",
+        "TICKETING_JWT_SECRET": secret,
+        "TICKETING_LOG_LEVEL": "warning",
+    }
+    command = [str(Path(sys.executable).parent / "ticketing"), "serve", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--workers", str(os.cpu_count() or 1)]
+    with _started(command, env, port) as server:
+        yield server
+
+
+@contextmanager
+def _ceiling_server(answer: Path) -> Iterator[Server]:
+    port = _free_port()
+    env = {**os.environ, "BENCH_CEILING_ANSWER": str(answer)}
+    command = [sys.executable, "-m", "uvicorn", "bench.ceiling_app:app", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--workers", str(os.cpu_count() or 1)]
+    command += ["--log-level", "warning", "--no-access-log"]
+    with _started(command, env, port, ready_path="/graphql", method="POST") as server:
+        yield server
+
+
+@contextmanager
+def _started(
+    command: list[str],
+    env: dict[str, str],
+    port: int,
+    *,
+    ready_path: str = "/readyz",
+    method: str = "GET",
+) -> Iterator[Server]:
+    process = subprocess.Popen(command, env=env, cwd=BENCH.parent)
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(port, ready_path, method):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"The server did not start: {' '.join(command)}")
+            time.sleep(0.2)
+        yield Server(port, process)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def _answers(port: int, path: str, method: str) -> bool:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, data=b"")
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _browse_answer(port: int) -> bytes:
+    query = (LUA / "common.lua").read_text()
+    browse = json.loads(
+        "".join(re.findall(r"'([^']*)'", query.split("common.browse =")[1].split("\n\n")[0]))
+    )
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps(browse).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        body: bytes = response.read()
+    if b'"errors"' in body:
+        raise SystemExit(f"The browse query failed: {body!r}")
+    return body
+
+
+class RssSampler:
+    """Samples the resident memory of processes while a load runs: the peak of each."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.peak_kib = dict.fromkeys(pids, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def current_kib(self) -> dict[int, int]:
+        return {pid: _rss_kib(pid) for pid in self.pids}
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.25):
+            for pid, kib in self.current_kib().items():
+                self.peak_kib[pid] = max(self.peak_kib[pid], kib)
+
+    @property
+    def peak_mib(self) -> float:
+        return max(self.peak_kib.values()) / 1024
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def _wrk(wrk: str, scenario: Scenario, port: int, seconds: int) -> dict[str, int]:
+    command = [wrk, f"-t{WRK_THREADS}", f"-c{scenario.connections}", f"-d{seconds}s"]
+    command += ["--timeout", "5s", "-s", str(LUA / scenario.script)]
+    command.append(f"http://127.0.0.1:{port}/graphql")
+    env = {**os.environ, "BENCH_WORK": str(WORK), "BENCH_LUA": str(LUA)}
+    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in output.splitlines() if line.startswith("BENCH_RESULT "))
+    result: dict[str, int] = json.loads(line.removeprefix("BENCH_RESULT "))
+    return result
+
+
+def _wrk_run(wrk: str, scenario: Scenario, server: Server, seconds: int) -> Run:
+    _wrk(wrk, scenario, server.port, WARM_UP_S)
+    with RssSampler(server.workers()) as memory:
+        result = _wrk(wrk, scenario, server.port, seconds)
+    duration_s = result["duration_us"] / 1e6
+    errors = sum(
+        result[name]
+        for name in ("transport_errors", "bad_status", "graphql_errors", "unexpected_results")
+    )
+    run = Run(
+        requests_per_s=result["requests"] / duration_s,
+        successes_per_s=result["successes"] / duration_s,
+        p50_ms=result["p50_us"] / 1000,
+        p99_ms=result["p99_us"] / 1000,
+        errors=errors,
+        peak_rss_mib=memory.peak_mib,
+    )
+    print(
+        f"  {scenario.name}: {run.requests_per_s:.0f} req/s, p50 {run.p50_ms:.1f} ms, "
+        f"p99 {run.p99_ms:.1f} ms, {errors} errors {result}",
+        flush=True,
+    )
+    return run
+
+
+def _check(name: str, run: Run, engine: Engine) -> list[str]:
+    failures = []
+    if run.errors:
+        failures.append(f"{name}: {run.errors} failed requests")
+    with engine.connect() as connection:
+        mismatches = inventory_mismatches(connection)
+    if mismatches:
+        failures.append(f"{name}: the invariant is broken for {len(mismatches)} events")
+    return failures
+
+
+def _pgbench_run(url: str, script: Path, clients: int, seconds: int) -> Run:
+    """pgbench sending the reservation SQL: the database's ceiling for that work."""
+    target = make_url(url)
+    pgbench = _pgbench_binary()
+    log_prefix = WORK / "pgbench_log"
+    for old in WORK.glob("pgbench_log*"):
+        old.unlink()
+    command = [pgbench, "-n", "-M", "simple", "-c", str(clients), "-j", str(WRK_THREADS)]
+    command += ["-T", str(seconds), "-f", str(script), "-l", "--log-prefix", str(log_prefix)]
+    command += ["-U", target.username or "postgres", "-d", target.database or "postgres"]
+    host = target.query.get("host") or target.host
+    if host:
+        command += ["-h", str(host)]
+    if target.port:
+        command += ["-p", str(target.port)]
+    env = {**os.environ, "PGPASSWORD": target.password or ""} if target.password else None
+    output = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
+    tps = float(re.search(r"tps = ([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    latencies_us = sorted(
+        int(line.split()[2]) for log in WORK.glob("pgbench_log*") for line in log.open()
+    )
+    failed = int(re.search(r"failed transactions: (\d+)", output).group(1))  # type: ignore[union-attr]
+    run = Run(
+        requests_per_s=tps,
+        successes_per_s=tps,
+        p50_ms=latencies_us[len(latencies_us) // 2] / 1000,
+        p99_ms=latencies_us[int(len(latencies_us) * 0.99)] / 1000,
+        errors=failed,
+        peak_rss_mib=0,
+    )
+    print(f"  pgbench: {tps:.0f} transactions/s, p99 {run.p99_ms:.1f} ms", flush=True)
+    return run
+
+
+def _pgbench_binary() -> str:
+    """pgbench from the embedded PostgreSQL's binaries, else the machine's."""
+    try:
+        import pgserver
+
+        bundled = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pgbench"
+        if bundled.exists():
+            return str(bundled)
+    except ImportError:
+        pass
+    found = shutil.which("pgbench")
+    if not found:
+        raise SystemExit("pgbench is missing: pip install 'ticketing[embedded]' or install it.")
+    return found
+
+
+def _soak(wrk: str, service: Server, seconds: int) -> float:
+    """Growth of the largest worker's resident memory over a run of mixed load."""
+    mixed = SCENARIOS[3]
+    _wrk(wrk, mixed, service.port, 10)
+    workers = service.workers()
+    before = {pid: _rss_kib(pid) for pid in workers}
+    result = _wrk(wrk, mixed, service.port, seconds)
+    after = {pid: _rss_kib(pid) for pid in workers}
+    print(f"  soak: {result['requests']} requests, RSS {before} -> {after} KiB", flush=True)
+    return max((after[pid] - before[pid]) / before[pid] for pid in workers)
+
+
+def _report(
+    measured: dict[str, Measured],
+    args: argparse.Namespace,
+    engine: Engine,
+    soak_growth: float | None,
+    failures: list[str],
+) -> str:
+    http_ceiling = measured[HTTP_CEILING.name].median("requests_per_s")
+    db_ceiling = measured[DB_CEILING_NAME].median("requests_per_s")
+    with engine.connect() as connection:
+        server_version = connection.scalar(sa.text("SHOW server_version"))
+    revision = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH
+    ).stdout.strip()
+    lines = [
+        f"# Benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"Commit {revision or 'unknown'}, {os.cpu_count()} cores, PostgreSQL {server_version}, "
+        f"wrk with {WRK_THREADS} threads on the same machine. Medians of {args.runs} runs of "
+        f"{args.duration} s each after a {WARM_UP_S} s warm-up; spread is (max - min) / median "
+        "of requests/s.",
+        "",
+        "| scenario | connections | requests/s | spread | successes/s | p50 ms | p99 ms | errors "
+        "| of HTTP ceiling | of DB ceiling | peak RSS per worker MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in measured.values():
+        rate = row.median("requests_per_s")
+        rss = max(run.peak_rss_mib for run in row.runs)
+        lines.append(
+            f"| {row.name} | {row.connections} | {rate:.0f} | {row.spread:.0%} "
+            f"| {row.median('successes_per_s'):.0f} | {row.median('p50_ms'):.1f} "
+            f"| {row.median('p99_ms'):.1f} | {sum(run.errors for run in row.runs)} "
+            f"| {rate / http_ceiling:.0%} | {rate / db_ceiling:.0%} "
+            f"| {f'{rss:.0f}' if rss else '-'} |"
+        )
+    if soak_growth is not None:
+        lines += [
+            "",
+            f"Soak: {args.soak} s of mixed load; the largest worker's resident memory "
+            f"grew by {soak_growth:.1%}.",
+        ]
+    lines += ["", "Failures: " + ("; ".join(failures) if failures else "none")]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
