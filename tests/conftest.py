@@ -100,6 +100,9 @@ def _clean_tables(request: pytest.FixtureRequest) -> None:
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
+    # Most tests read right after a change, anonymously too; the shared answers to anonymous
+    # queries (up to a second old by design) have tests of their own.
+    overrides.setdefault("answer_cache_ttl_ms", 0)
     return Settings(database_url=database_url, jwt_secret=JWT_SECRET, **overrides)
 
 

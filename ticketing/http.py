@@ -10,16 +10,19 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from graphql import GraphQLError
+from graphql import GraphQLError, get_operation_ast, parse
+from graphql import OperationType as DocumentOperation
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from strawberry.http.ides import get_graphql_ide_html
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
+from ticketing.answer_cache import REQUEST_ID_HEADER, Answer, AnswerCache
 from ticketing.api.context import Context
 from ticketing.api.errors import ErrorCode
 from ticketing.auth import AuthenticationError, authenticate
@@ -28,7 +31,6 @@ from ticketing.settings import Settings
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 JSON = "application/json"
-REQUEST_ID_HEADER = "X-Request-ID"
 
 
 class RequestError(Exception):
@@ -50,37 +52,37 @@ class GraphQLParams:
 class GraphQLEndpoint:
     def __init__(self, schema: Any, db: Database, settings: Settings) -> None:
         self.schema, self.db, self.settings = schema, db, settings
+        ttl_s = settings.answer_cache_ttl_ms / 1000
+        self.answers = AnswerCache(ttl_s, settings.answer_cache_entries) if ttl_s else None
         self.ide_html = get_graphql_ide_html("graphiql")
 
     async def handle(self, request: Request) -> Response:
         request_id = _request_id(request)
+        if self._wants_ide(request):
+            return HTMLResponse(self.ide_html)
+        answer = await self._answer(request, request_id)
+        return answer.response(request_id)
+
+    async def _answer(self, request: Request, request_id: str) -> Answer:
         media_type = JSON
         try:
             if request.method not in ("GET", "POST"):
                 raise RequestError(405, "Use GET or POST.", headers={"Allow": "GET, POST"})
-            if self._wants_ide(request):
-                return HTMLResponse(self.ide_html)
             media_type = _negotiate(request.headers.get("accept"))
             params = await _read_params(request, self.settings.max_body_bytes)
             viewer = authenticate(
                 request.headers.get("authorization"), self.settings.jwt_secret.get_secret_value()
             )
         except RequestError as error:
-            return _error_response(
-                error.status,
-                error.message,
-                ErrorCode.BAD_REQUEST,
-                media_type,
-                request_id,
-                error.headers,
+            return _error_answer(
+                error.status, error.message, ErrorCode.BAD_REQUEST, media_type, error.headers
             )
         except AuthenticationError as error:
-            return _error_response(
+            return _error_answer(
                 401,
                 str(error),
                 ErrorCode.UNAUTHENTICATED,
                 media_type,
-                request_id,
                 {"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
         context = Context(
@@ -90,29 +92,37 @@ class GraphQLEndpoint:
             operation_name=params.operation_name,
             idempotency_key=request.headers.get("idempotency-key"),
         )
+        execute = partial(self._execute, request.method, params, context, media_type)
+        if viewer is None and self.answers is not None:
+            key = AnswerCache.key(params.query, params.variables, params.operation_name, media_type)
+            return await self.answers.get(key, execute)
+        return await execute()
+
+    async def _execute(
+        self, method: str, params: GraphQLParams, context: Context, media_type: str
+    ) -> Answer:
         try:
             result = await self.schema.execute(
                 params.query,
                 variable_values=params.variables,
                 context_value=context,
                 operation_name=params.operation_name,
-                allowed_operation_types=_allowed_operations(request.method),
+                allowed_operation_types=_allowed_operations(method),
                 operation_extensions=params.extensions,
             )
         except InvalidOperationTypeError:
-            return _error_response(
+            return _error_answer(
                 405,
                 "Mutations must be sent with POST.",
                 ErrorCode.BAD_REQUEST,
                 media_type,
-                request_id,
                 {"Allow": "POST"},
             )
         except CannotGetOperationTypeError as error:
-            return _error_response(
-                400, error.as_http_error_reason(), ErrorCode.BAD_USER_INPUT, media_type, request_id
+            return _error_answer(
+                400, error.as_http_error_reason(), ErrorCode.BAD_USER_INPUT, media_type
             )
-        return _result_response(result, media_type, request_id)
+        return _result_answer(result, media_type, shareable=not result.errors and _is_query(params))
 
     def _wants_ide(self, request: Request) -> bool:
         return (
@@ -234,7 +244,7 @@ def _params_from(raw: dict[str, Any]) -> GraphQLParams:
     return GraphQLParams(query, variables, operation_name, extensions)
 
 
-def _result_response(result: ExecutionResult, media_type: str, request_id: str) -> Response:
+def _result_answer(result: ExecutionResult, media_type: str, *, shareable: bool) -> Answer:
     errors = [_formatted(error) for error in result.errors or []]
     body: dict[str, Any] = {}
     headers: dict[str, str] = {}
@@ -255,7 +265,7 @@ def _result_response(result: ExecutionResult, media_type: str, request_id: str) 
             headers["Retry-After"] = "1"
     if result.extensions:
         body["extensions"] = result.extensions
-    return _json_response(body, status, media_type, request_id, headers)
+    return _json_answer(body, status, media_type, headers, shareable=shareable)
 
 
 def _formatted(error: GraphQLError) -> dict[str, Any]:
@@ -277,28 +287,39 @@ def _request_error_code(error: GraphQLError) -> ErrorCode:
     return ErrorCode.BAD_USER_INPUT
 
 
-def _error_response(
+def _is_query(params: GraphQLParams) -> bool:
+    """Whether the operation run is a query (parsed again: only when an answer may be kept)."""
+    operation = get_operation_ast(parse(params.query), params.operation_name)
+    return operation is not None and operation.operation is DocumentOperation.QUERY
+
+
+def _error_answer(
     status: int,
     message: str,
     code: ErrorCode,
     media_type: str,
-    request_id: str,
     headers: dict[str, str] | None = None,
-) -> Response:
+) -> Answer:
     body = {"errors": [{"message": message, "extensions": {"code": code.value}}]}
-    return _json_response(body, status, media_type, request_id, headers)
+    return _json_answer(body, status, media_type, headers)
 
 
-def _json_response(
+def _json_answer(
     body: dict[str, Any],
     status: int,
     media_type: str,
-    request_id: str,
     headers: dict[str, str] | None = None,
-) -> Response:
-    return JSONResponse(
-        body,
-        status_code=status,
-        media_type=f"{media_type}; charset=utf-8",
-        headers={REQUEST_ID_HEADER: request_id, "Vary": "Accept", **(headers or {})},
+    *,
+    shareable: bool = False,
+) -> Answer:
+    encoded = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return Answer(
+        status=status,
+        body=encoded.encode("utf-8"),
+        headers={
+            "Content-Type": f"{media_type}; charset=utf-8",
+            "Vary": "Accept",
+            **(headers or {}),
+        },
+        shareable=shareable,
     )

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     db_connect_timeout_s: int = Field(default=3, ge=1)
     db_statement_timeout_ms: int = Field(default=5000, ge=1)
     db_lock_timeout_ms: int = Field(default=2000, ge=1)
+    # Anonymous query answers are shared for this long (0: never); at most a second stale.
+    answer_cache_ttl_ms: int = Field(default=500, ge=0, le=1000)
+    answer_cache_entries: int = Field(default=1000, ge=1)
     idempotency_key_ttl_hours: float = Field(default=24, ge=24)
     idempotency_purge_interval_s: float = Field(default=3600, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
