@@ -23,7 +23,8 @@ HOT_SALE_FANS = 60_000  # distinct customers for the hot sale
 TOKEN_LIFETIME = timedelta(hours=12)
 
 _STATEMENTS = [
-    "TRUNCATE event, reservation, reservation_change, idempotency_key RESTART IDENTITY CASCADE",
+    "TRUNCATE event, reservation, reservation_change, customer_hold, idempotency_key"
+    " RESTART IDENTITY CASCADE",
     # Event 1, the hot one, starts first so that it tops the browse page.
     f"""INSERT INTO event (name, description, venue, starts_at, capacity, tickets_available,
         max_tickets_per_customer, status)
@@ -41,6 +42,9 @@ _STATEMENTS = [
     ORDER BY c, k""",
     """INSERT INTO reservation_change (reservation_id, kind, quantity, actor)
     SELECT id, 'CREATED', quantity, customer_id FROM reservation ORDER BY id""",
+    f"""INSERT INTO customer_hold (event_id, customer_id, tickets, ticket_limit)
+    SELECT event_id, customer_id, sum(quantity), {TICKET_LIMIT} FROM reservation
+    GROUP BY event_id, customer_id""",
     """UPDATE event SET tickets_available = capacity - held.quantity
     FROM (SELECT event_id, sum(quantity) AS quantity FROM reservation GROUP BY event_id) AS held
     WHERE held.event_id = event.id""",

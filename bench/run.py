@@ -35,7 +35,7 @@ from sqlalchemy.engine import Engine, make_url
 from bench import dataset, reservation_sql
 from ticketing import migrations
 from ticketing.db import create_db_engine
-from ticketing.domain.audit import inventory_mismatches
+from ticketing.domain.audit import hold_mismatches, inventory_mismatches
 from ticketing.embedded import start_embedded_postgres
 
 BENCH = Path(__file__).resolve().parent
@@ -348,8 +348,11 @@ def _check(name: str, run: Run, engine: Engine) -> list[str]:
         failures.append(f"{name}: {run.errors} failed requests")
     with engine.connect() as connection:
         mismatches = inventory_mismatches(connection)
+        wrong_holds = hold_mismatches(connection)
     if mismatches:
         failures.append(f"{name}: the invariant is broken for {len(mismatches)} events")
+    if wrong_holds:
+        failures.append(f"{name}: {len(wrong_holds)} customer holds are wrong")
     return failures
 
 

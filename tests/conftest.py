@@ -21,11 +21,11 @@ from ticketing.api.ids import key_of, to_global_id
 from ticketing.app import create_app
 from ticketing.auth import mint_token
 from ticketing.db import create_db_engine
-from ticketing.domain.audit import inventory_mismatches
+from ticketing.domain.audit import hold_mismatches, inventory_mismatches
 from ticketing.settings import Settings
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
-TABLES = "idempotency_key, reservation_change, reservation, event"
+TABLES = "idempotency_key, reservation_change, customer_hold, reservation, event"
 
 
 @pytest.fixture(scope="session")
@@ -198,9 +198,10 @@ def lock_event_row(connection: sa.Connection, event_id: str) -> None:
 
 
 def invariant_violations(engine: Engine) -> list[Any]:
-    """Events where available + active reservations != capacity (should be none)."""
+    """Events where available + active reservations != capacity, and customers whose hold
+    differs from their active reservations (should be none)."""
     with engine.connect() as connection:
-        return list(inventory_mismatches(connection))
+        return [*inventory_mismatches(connection), *hold_mismatches(connection)]
 
 
 def table_counts(engine: Engine) -> dict[str, int]:
@@ -220,6 +221,7 @@ def snapshot(engine: Engine) -> list[Any]:
                 ("event", "id"),
                 ("reservation", "id"),
                 ("reservation_change", "id"),
+                ("customer_hold", "event_id, customer_id"),
                 ("idempotency_key", "customer_id, key"),
             )
         ]

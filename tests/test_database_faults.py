@@ -77,9 +77,7 @@ def test_an_unreachable_database_fails_fast_and_typed(database_url: str) -> None
         assert client.get("/healthz").status_code == 200
 
 
-def test_a_failure_half_way_leaves_nothing_behind(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_failure_half_way_leaves_nothing_behind(engine: Engine) -> None:
     db = Database(engine, max_threads=4)
     key = key_of(insert_event(engine, capacity=5), "Event")
     assert key is not None
@@ -87,23 +85,35 @@ def test_a_failure_half_way_leaves_nothing_behind(
         lambda s: booking.reserve(s, event_id=key, actor=Actor("alice"), quantity=2)
     )
     before = snapshot(engine)
-
-    def broken_history(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("the history write failed")
-
-    # The inventory and reservation rows are written before the history line.
-    monkeypatch.setattr(booking, "_record", broken_history)
     reservation_id = made.reservation.id
     assert reservation_id is not None
-    for work in (
-        lambda s: booking.reserve(s, event_id=key, actor=Actor("bob"), quantity=1),
-        lambda s: booking.increase(
-            s, reservation_id=reservation_id, actor=Actor("alice"), quantity=1
-        ),
-        lambda s: booking.cancel(s, reservation_id=reservation_id, actor=Actor("alice")),
-    ):
-        with pytest.raises(RuntimeError):
-            db.transaction(work)
+    # The history line is written last (in reserve, by the same statement as the rest).
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "CREATE FUNCTION fail_history() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN RAISE EXCEPTION 'the history write failed'; END $$;"
+                " CREATE TRIGGER fail_history BEFORE INSERT ON reservation_change"
+                " FOR EACH ROW EXECUTE FUNCTION fail_history()"
+            )
+        )
+    try:
+        for work in (
+            lambda s: booking.reserve(s, event_id=key, actor=Actor("bob"), quantity=1),
+            lambda s: booking.increase(
+                s, reservation_id=reservation_id, actor=Actor("alice"), quantity=1
+            ),
+            lambda s: booking.cancel(s, reservation_id=reservation_id, actor=Actor("alice")),
+        ):
+            with pytest.raises(sa.exc.DBAPIError, match="the history write failed"):
+                db.transaction(work)
+    finally:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "DROP TRIGGER fail_history ON reservation_change; DROP FUNCTION fail_history()"
+                )
+            )
     assert snapshot(engine) == before
 
 

@@ -92,14 +92,20 @@ class GraphQLEndpoint:
             operation_name=params.operation_name,
             idempotency_key=request.headers.get("idempotency-key"),
         )
-        execute = partial(self._execute, request.method, params, context, media_type)
-        if viewer is None and self.answers is not None:
+        shareable = viewer is None and self.answers is not None
+        execute = partial(self._execute, request.method, params, context, media_type, shareable)
+        if shareable and self.answers is not None:
             key = AnswerCache.key(params.query, params.variables, params.operation_name, media_type)
             return await self.answers.get(key, execute)
         return await execute()
 
     async def _execute(
-        self, method: str, params: GraphQLParams, context: Context, media_type: str
+        self,
+        method: str,
+        params: GraphQLParams,
+        context: Context,
+        media_type: str,
+        may_share: bool,
     ) -> Answer:
         try:
             result = await self.schema.execute(
@@ -122,7 +128,8 @@ class GraphQLEndpoint:
             return _error_answer(
                 400, error.as_http_error_reason(), ErrorCode.BAD_USER_INPUT, media_type
             )
-        return _result_answer(result, media_type, shareable=not result.errors and _is_query(params))
+        shareable = may_share and not result.errors and _is_query(params)
+        return _result_answer(result, media_type, shareable=shareable)
 
     def _wants_ide(self, request: Request) -> bool:
         return (

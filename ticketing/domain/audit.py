@@ -1,4 +1,5 @@
-"""The inventory invariant as a query: for tests, the benchmark and operators' checks."""
+"""The inventory invariant and the bookkeeping behind it, as queries: for tests, the
+benchmark and operators' checks."""
 
 from __future__ import annotations
 
@@ -19,3 +20,17 @@ _MISMATCHES = sa.text(
 
 def inventory_mismatches(connection: sa.Connection) -> Sequence[sa.Row[Any]]:
     return connection.execute(_MISMATCHES).all()
+
+
+# (event, customer) pairs whose customer_hold differs from their active reservations' total.
+_HOLD_MISMATCHES = sa.text(
+    "SELECT event_id, customer_id, COALESCE(h.tickets, 0) AS held, COALESCE(r.tickets, 0)"
+    " AS reserved FROM customer_hold h FULL JOIN (SELECT event_id, customer_id,"
+    " SUM(quantity) AS tickets FROM reservation WHERE status = 'ACTIVE'"
+    " GROUP BY event_id, customer_id) r USING (event_id, customer_id)"
+    " WHERE COALESCE(h.tickets, 0) <> COALESCE(r.tickets, 0)"
+)
+
+
+def hold_mismatches(connection: sa.Connection) -> Sequence[sa.Row[Any]]:
+    return connection.execute(_HOLD_MISMATCHES).all()

@@ -15,7 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import Select
 
 from ticketing.domain.errors import (
     CustomerLimitReached,
@@ -28,6 +31,7 @@ from ticketing.domain.errors import (
 )
 from ticketing.domain.models import (
     ChangeKind,
+    CustomerHold,
     Event,
     EventStatus,
     Reservation,
@@ -63,8 +67,8 @@ has_started = col(Event.starts_at) <= sa.func.clock_timestamp()
 
 def reserve(session: Session, *, event_id: int, actor: Actor, quantity: int) -> Booking:
     _require_positive(quantity)
-    event = _take_tickets(session, event_id, quantity)
-    if event is None:
+    booked = _reserve_in_one_statement(session, event_id, actor.customer_id, quantity)
+    if booked is None:
         # Refused, or raced: decide under the row lock, where the answer can't change.
         locked, started = lock_event(session, event_id)
         if locked.status == EventStatus.CANCELLED:
@@ -73,15 +77,120 @@ def reserve(session: Session, *, event_id: int, actor: Actor, quantity: int) -> 
             raise EventStarted()
         if locked.tickets_available < quantity:
             raise NotEnoughTickets(requested=quantity, available=locked.tickets_available)
-        event = _take_tickets(session, event_id, quantity)
-        assert event is not None, "reservable under our own lock"
-    _check_customer_limit(session, event, actor.customer_id, quantity)
-
-    reservation = Reservation(event_id=event_id, customer_id=actor.customer_id, quantity=quantity)
-    session.add(reservation)
-    session.flush()
-    _record(session, reservation, ChangeKind.CREATED, quantity, actor)
+        booked = _reserve_in_one_statement(session, event_id, actor.customer_id, quantity)
+        assert booked is not None, "reservable under our own lock"
+    event, reservation = booked
+    if reservation is None:
+        # Over the limit: the tickets taken above are given back when this rolls back.
+        assert event.max_tickets_per_customer is not None
+        raise CustomerLimitReached(
+            limit=event.max_tickets_per_customer,
+            held=_held(session, event_id, actor.customer_id),
+        )
     return Booking(reservation, event)
+
+
+def _reserve_in_one_statement(
+    session: Session, event_id: int, customer_id: str, quantity: int
+) -> tuple[Event, Reservation | None] | None:
+    """Take the tickets, count them against the customer's limit, create the reservation
+    and its history line, all in one statement, so that the event's row stays locked only
+    for as long as the database needs to run it.
+
+    None if the event doesn't qualify (not on sale, started, not enough tickets); the event
+    without a reservation if the customer's limit refused (the tickets are then taken: the
+    caller must roll back)."""
+    found = session.exec(
+        _RESERVE,
+        params={"event_id": event_id, "customer_id": customer_id, "quantity": quantity},
+    ).one_or_none()
+    return None if found is None else (found[0], found[1])
+
+
+def _reserve_statement() -> Select[Event, Reservation]:
+    """Built once: the parameters are `event_id`, `customer_id` and `quantity`."""
+    event_id = sa.bindparam("event_id", type_=sa.BigInteger)
+    customer_id = sa.bindparam("customer_id", type_=sa.Text)
+    quantity = sa.bindparam("quantity", type_=sa.Integer)
+    taken = (
+        sa.update(Event)
+        .where(
+            col(Event.id) == event_id,
+            col(Event.status) == EventStatus.ON_SALE,
+            ~has_started,
+            col(Event.tickets_available) >= quantity,
+        )
+        .values(tickets_available=col(Event.tickets_available) - quantity, updated_at=sa.func.now())
+        .returning(*Event.__table__.c)  # type: ignore[attr-defined]
+        .cte("taken")
+    )
+    limit = taken.c.max_tickets_per_customer
+    hold = CustomerHold.__table__  # type: ignore[attr-defined]
+    proposed = insert(CustomerHold).from_select(
+        ["event_id", "customer_id", "tickets", "ticket_limit"],
+        sa.select(taken.c.id, customer_id, quantity, limit).where(
+            sa.or_(limit.is_(None), limit >= quantity)
+        ),
+    )
+    held = (
+        proposed.on_conflict_do_update(
+            index_elements=["event_id", "customer_id"],
+            set_={
+                "tickets": hold.c.tickets + proposed.excluded.tickets,
+                "ticket_limit": proposed.excluded.ticket_limit,
+            },
+            # The latest committed holding, even if another reservation just changed it.
+            where=sa.or_(
+                proposed.excluded.ticket_limit.is_(None),
+                hold.c.tickets + proposed.excluded.tickets <= proposed.excluded.ticket_limit,
+            ),
+        )
+        .returning(hold.c.tickets)
+        .cte("held")
+    )
+    made = (
+        insert(Reservation)
+        .from_select(
+            ["event_id", "customer_id", "quantity", "status"],
+            sa.select(
+                taken.c.id, customer_id, quantity, sa.literal(ReservationStatus.ACTIVE.value)
+            ).select_from(taken.join(held, sa.true())),
+        )
+        .returning(*Reservation.__table__.c)  # type: ignore[attr-defined]
+        .cte("made")
+    )
+    logged = (
+        insert(ReservationChange)
+        .from_select(
+            ["reservation_id", "kind", "quantity", "actor"],
+            sa.select(
+                made.c.id,
+                sa.literal(ChangeKind.CREATED.value),
+                made.c.quantity,
+                made.c.customer_id,
+            ),
+        )
+        .cte("logged")
+    )
+    return (
+        select(aliased(Event, taken), aliased(Reservation, made))
+        .select_from(taken)
+        .outerjoin(made, sa.true())
+        .add_cte(logged)
+        .execution_options(populate_existing=True)
+    )
+
+
+_RESERVE = _reserve_statement()
+
+
+def _held(session: Session, event_id: int, customer_id: str) -> int:
+    held = session.scalar(
+        select(CustomerHold.tickets).where(
+            col(CustomerHold.event_id) == event_id, col(CustomerHold.customer_id) == customer_id
+        )
+    )
+    return held or 0
 
 
 def increase(session: Session, *, reservation_id: int, actor: Actor, quantity: int) -> Booking:
@@ -125,25 +234,6 @@ def cancel(session: Session, *, reservation_id: int, actor: Actor) -> Booking:
 def _require_positive(quantity: int) -> None:
     if quantity < 1:
         raise InvalidQuantity(min=1, max=None)
-
-
-def _take_tickets(session: Session, event_id: int, quantity: int) -> Event | None:
-    """One atomic statement: take the tickets if the event is on sale and has enough (which
-    also locks its row until the transaction ends). None if it doesn't qualify."""
-    taken = session.exec(
-        sa.update(Event)
-        .where(
-            col(Event.id) == event_id,
-            col(Event.status) == EventStatus.ON_SALE,
-            ~has_started,
-            col(Event.tickets_available) >= quantity,
-        )
-        .values(tickets_available=col(Event.tickets_available) - quantity, updated_at=sa.func.now())
-        .returning(Event)
-        .execution_options(populate_existing=True)
-    )
-    event: Event | None = taken.scalars().one_or_none()
-    return event
 
 
 def lock_event(session: Session, event_id: int) -> tuple[Event, bool]:
@@ -213,14 +303,8 @@ def _check_customer_limit(session: Session, event: Event, customer_id: str, addi
     limit = event.max_tickets_per_customer
     if limit is None:
         return
-    held = session.scalar(
-        sa.select(sa.func.coalesce(sa.func.sum(Reservation.quantity), 0)).where(
-            col(Reservation.event_id) == event.id,
-            col(Reservation.customer_id) == customer_id,
-            col(Reservation.status) == ReservationStatus.ACTIVE,
-        )
-    )
-    held = int(held or 0)
+    assert event.id is not None
+    held = _held(session, event.id, customer_id)
     if held + adding > limit:
         raise CustomerLimitReached(limit=limit, held=held)
 
@@ -266,6 +350,17 @@ def _apply(
         )
         .scalars()
         .one()
+    )
+    hold_values: dict[str, object] = {"tickets": col(CustomerHold.tickets) + taken}
+    if kind == ChangeKind.INCREASED:
+        hold_values["ticket_limit"] = event.max_tickets_per_customer
+    session.exec(
+        sa.update(CustomerHold)
+        .where(
+            col(CustomerHold.event_id) == event.id,
+            col(CustomerHold.customer_id) == reservation.customer_id,
+        )
+        .values(hold_values)
     )
     _record(session, updated_reservation, kind, quantity, actor)
     return Booking(updated_reservation, updated_event)

@@ -13,6 +13,7 @@ from ticketing.domain.booking import Actor, lock_event
 from ticketing.domain.errors import EventCancelled, EventStarted, InvalidEvent
 from ticketing.domain.models import (
     ChangeKind,
+    CustomerHold,
     Event,
     EventStatus,
     Reservation,
@@ -140,6 +141,9 @@ def cancel_event(session: Session, event_id: int, actor: Actor) -> Event:
         .returning(col(Reservation.id), col(Reservation.quantity))
     ).all()
     if released:
+        session.exec(
+            sa.update(CustomerHold).where(col(CustomerHold.event_id) == event_id).values(tickets=0)
+        )
         session.exec(
             sa.insert(ReservationChange),
             params=[

@@ -147,6 +147,32 @@ class ReservationChange(SQLModel, table=True):
     created_at: datetime | None = Field(default=None, sa_column=_timestamp_column())
 
 
+class CustomerHold(SQLModel, table=True):
+    """The tickets one customer holds for one event over all their active reservations, kept
+    with every change. It lets a reservation check the per-customer limit in the same single
+    statement that takes the tickets: the upsert of this row sees (and waits for) concurrent
+    reservations by the same customer, where a sum over reservations would read a snapshot
+    from before the wait."""
+
+    __tablename__ = "customer_hold"
+    __table_args__ = (
+        sa.CheckConstraint("tickets >= 0", name="hold_not_negative"),
+        # The event's limit as of the last increase: an increase past it fails this check.
+        sa.CheckConstraint(
+            "ticket_limit IS NULL OR tickets <= ticket_limit", name="hold_within_limit"
+        ),
+    )
+
+    event_id: int = Field(
+        sa_column=sa.Column(
+            sa.BigInteger, sa.ForeignKey("event.id", ondelete="RESTRICT"), primary_key=True
+        )
+    )
+    customer_id: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    tickets: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    ticket_limit: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+
+
 class IdempotencyKey(SQLModel, table=True):
     """A customer's key for a request that changed something, with what it answered, so that
     a retry with the same key gets the same answer instead of a second change."""
