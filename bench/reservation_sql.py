@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from psycopg2.extensions import AsIs
 from sqlalchemy.engine import Engine
 
-from ticketing.db import POOL_PRE_PING, Database
+from ticketing.db import Database
 from ticketing.domain import booking
 
 _CUSTOMER = "pgbench-capture"
@@ -49,12 +49,11 @@ def pgbench_script(engine: Engine, event_id: int) -> str:
     leftover_id = re.search(rf"\b{reservation_id}\b", script)
     if "'pgbench-:customer'" not in script or ":quantity" not in script or leftover_id:
         raise RuntimeError(f"The reservation path changed; see what it sent:\n{script}")
-    # psycopg2 opens the transaction itself, and the pool's liveness check comes first.
-    ping = "SELECT 1;\n" if POOL_PRE_PING else ""
+    # psycopg2 opens the transaction itself (a round trip of its own), and commits it.
     return (
         "\\set customer random(1, 1000000000)\n"
         "\\set quantity random(1, 2)\n"
-        f"BEGIN;\n{ping}{script}\nCOMMIT;\n"
+        f"BEGIN;\n{script}\nCOMMIT;\n"
     )
 
 

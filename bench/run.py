@@ -72,6 +72,7 @@ class Run:
     p99_ms: float
     errors: int
     peak_rss_mib: float
+    cpu_ms_per_request: float  # the server's workers, all cores: steadier than requests/s
 
 
 @dataclass
@@ -99,7 +100,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per scenario (median)")
     parser.add_argument("--duration", type=int, default=20, help="seconds per run")
     parser.add_argument("--soak", type=int, default=120, help="seconds of mixed load, 0 skips")
+    parser.add_argument(
+        "--only", help="comma-separated scenarios to run (default: all), e.g. 'hot sale'"
+    )
     args = parser.parse_args()
+    scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only.split(",")]
 
     wrk = _require_wrk()
     WORK.mkdir(exist_ok=True)
@@ -113,7 +118,7 @@ def main() -> int:
     db_script = WORK / "reserve.sql"
     db_script.write_text(reservation_sql.pgbench_script(engine, event_id=1))
 
-    measured = {s.name: Measured(s.name, s.connections) for s in [*SCENARIOS, HTTP_CEILING]}
+    measured = {s.name: Measured(s.name, s.connections) for s in [*scenarios, HTTP_CEILING]}
     measured[DB_CEILING_NAME] = Measured(DB_CEILING_NAME, HOT_SALE.connections)
     failures: list[str] = []
     soak_growth: float | None = None
@@ -123,17 +128,20 @@ def main() -> int:
         for number in range(1, args.runs + 1):
             print(f"Run {number} of {args.runs}", flush=True)
             dataset.load(engine)
-            for scenario in SCENARIOS:
+            for scenario in scenarios:
                 run = _wrk_run(wrk, scenario, service, args.duration)
                 failures += _check(scenario.name, run, engine)
                 measured[scenario.name].runs.append(run)
-            measured[DB_CEILING_NAME].runs.append(
-                _pgbench_run(url, db_script, HOT_SALE.connections, args.duration)
-            )
         if args.soak:
             print(f"Soak: mixed load for {args.soak} s", flush=True)
             dataset.load(engine)
             soak_growth = _soak(wrk, service, args.soak)
+    # The ceilings, each with the machine to itself, as the service had.
+    for _ in range(args.runs):
+        dataset.load(engine)
+        measured[DB_CEILING_NAME].runs.append(
+            _pgbench_run(url, db_script, HOT_SALE.connections, args.duration)
+        )
     with _ceiling_server(answer) as ceiling:
         for _ in range(args.runs):
             measured[HTTP_CEILING.name].runs.append(
@@ -297,6 +305,15 @@ class RssSampler:
         return max(self.peak_kib.values()) / 1024
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU time a process has used, user and system."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_kib(pid: int) -> int:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -319,8 +336,11 @@ def _wrk(wrk: str, scenario: Scenario, port: int, seconds: int) -> dict[str, int
 
 def _wrk_run(wrk: str, scenario: Scenario, server: Server, seconds: int) -> Run:
     _wrk(wrk, scenario, server.port, WARM_UP_S)
-    with RssSampler(server.workers()) as memory:
+    workers = server.workers()
+    cpu_before = sum(map(_cpu_s, workers))
+    with RssSampler(workers) as memory:
         result = _wrk(wrk, scenario, server.port, seconds)
+    cpu_s = sum(map(_cpu_s, workers)) - cpu_before
     duration_s = result["duration_us"] / 1e6
     errors = sum(
         result[name]
@@ -333,10 +353,12 @@ def _wrk_run(wrk: str, scenario: Scenario, server: Server, seconds: int) -> Run:
         p99_ms=result["p99_us"] / 1000,
         errors=errors,
         peak_rss_mib=memory.peak_mib,
+        cpu_ms_per_request=1000 * cpu_s / max(result["requests"], 1),
     )
     print(
         f"  {scenario.name}: {run.requests_per_s:.0f} req/s, p50 {run.p50_ms:.1f} ms, "
-        f"p99 {run.p99_ms:.1f} ms, {errors} errors {result}",
+        f"p99 {run.p99_ms:.1f} ms, {run.cpu_ms_per_request:.2f} CPU ms/request, {errors} errors "
+        f"{result}",
         flush=True,
     )
     return run
@@ -372,7 +394,10 @@ def _pgbench_run(url: str, script: Path, clients: int, seconds: int) -> Run:
     if target.port:
         command += ["-p", str(target.port)]
     env = {**os.environ, "PGPASSWORD": target.password or ""} if target.password else None
-    output = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
+    ran = subprocess.run(command, capture_output=True, text=True, env=env)
+    if ran.returncode:
+        raise SystemExit(f"pgbench failed:\n{ran.stdout}\n{ran.stderr}")
+    output = ran.stdout
     tps = float(re.search(r"tps = ([\d.]+)", output).group(1))  # type: ignore[union-attr]
     latencies_us = sorted(
         int(line.split()[2]) for log in WORK.glob("pgbench_log*") for line in log.open()
@@ -385,6 +410,7 @@ def _pgbench_run(url: str, script: Path, clients: int, seconds: int) -> Run:
         p99_ms=latencies_us[int(len(latencies_us) * 0.99)] / 1000,
         errors=failed,
         peak_rss_mib=0,
+        cpu_ms_per_request=0,
     )
     print(f"  pgbench: {tps:.0f} transactions/s, p99 {run.p99_ms:.1f} ms", flush=True)
     return run
@@ -441,17 +467,19 @@ def _report(
         "of requests/s.",
         "",
         "| scenario | connections | requests/s | spread | successes/s | p50 ms | p99 ms | errors "
-        "| of HTTP ceiling | of DB ceiling | peak RSS per worker MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| of HTTP ceiling | of DB ceiling | server CPU ms/request | peak RSS per worker MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in measured.values():
         rate = row.median("requests_per_s")
         rss = max(run.peak_rss_mib for run in row.runs)
+        cpu = row.median("cpu_ms_per_request")
         lines.append(
             f"| {row.name} | {row.connections} | {rate:.0f} | {row.spread:.0%} "
             f"| {row.median('successes_per_s'):.0f} | {row.median('p50_ms'):.1f} "
             f"| {row.median('p99_ms'):.1f} | {sum(run.errors for run in row.runs)} "
             f"| {rate / http_ceiling:.0%} | {rate / db_ceiling:.0%} "
+            f"| {cpu:.2f} "
             f"| {f'{rss:.0f}' if rss else '-'} |"
         )
     if soak_growth is not None:

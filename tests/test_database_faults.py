@@ -237,6 +237,7 @@ def test_service_survives_a_database_restart_under_load(
     last_failure = max(when for when, status, _ in outcomes if status == 503)
     assert any(when > last_failure and status == 200 for when, status, _ in outcomes)
     # Every acknowledged reservation is there, as acknowledged, and the books balance.
+    engine.dispose()  # this checker's own pooled connection died with the server
     with engine.connect() as connection:
         stored = dict(connection.execute(sa.text("SELECT id, quantity FROM reservation")).all())
     assert {key_of(rid, "Reservation"): n for rid, n in acknowledged.items()}.items() <= (

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
@@ -305,3 +306,35 @@ def test_timeline_of_a_reservation_is_append_only(client: TestClient, engine: En
         connection.execute(sa.text("UPDATE reservation_change SET quantity = 5"))
     with pytest.raises(sa.exc.DBAPIError, match="append-only"), engine.begin() as connection:
         connection.execute(sa.text("DELETE FROM reservation_change"))
+
+
+MY_RESERVATIONS = """query($first: Int) {
+    myReservations(first: $first) {
+        totalCount
+        edges { node { quantity status event { name startsAt ticketsAvailable } } }
+    }
+}"""
+
+
+def test_my_reservations_takes_the_same_few_statements_whatever_the_page_size(
+    client: TestClient, engine: Engine
+) -> None:
+    for _ in range(30):
+        create(client, insert_event(engine, capacity=5), 1)
+    sent: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(statement)
+
+    statements = {}
+    for size in (5, 30):
+        sent.clear()
+        sa.event.listen(Engine, "before_cursor_execute", count)
+        try:
+            page = data(client, MY_RESERVATIONS, {"first": size}, headers=auth())
+        finally:
+            sa.event.remove(Engine, "before_cursor_execute", count)
+        assert len(page["myReservations"]["edges"]) == size
+        statements[size] = len(sent)
+    # The page, its events (one query for all) and the total count.
+    assert statements == {5: 3, 30: 3}

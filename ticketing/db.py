@@ -1,13 +1,15 @@
 """The one place that makes database engines and sessions.
 
 Request handlers run on the event loop, while psycopg2 blocks: every unit of database work
-therefore runs in a worker thread through `Database.run`, so a slow query never stalls other
-requests. The thread limit matches the connection pool so no thread waits on the pool.
+therefore runs in a worker thread through `Database.run` (or `read`), so a slow query never
+stalls other requests. The thread limit matches the connection pool so no thread waits on the
+pool.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import TypeVar
 
@@ -24,10 +26,6 @@ T = TypeVar("T")
 class DatabaseUnavailable(Exception):
     """The database could not do the work now (unreachable, or a timeout); nothing was
     committed, and retrying later may succeed."""
-
-
-# Connections broken by a database restart are replaced, not handed out.
-POOL_PRE_PING = True
 
 
 def create_db_engine(
@@ -48,7 +46,10 @@ def create_db_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=POOL_PRE_PING,
+        # No liveness ping before each use: it would cost a round trip per transaction. A
+        # connection broken by a database restart fails its request (SERVICE_UNAVAILABLE,
+        # retryable), and SQLAlchemy then discards every pooled connection older than that.
+        pool_pre_ping=False,
         # The booking locks are designed for READ COMMITTED: each statement after a lock sees
         # what was committed before it. UTC sessions keep every timestamp readable.
         isolation_level="READ COMMITTED",
@@ -58,6 +59,14 @@ def create_db_engine(
             "options": options,
         },
     )
+
+
+@contextmanager
+def _unavailable_on_failure() -> Iterator[None]:
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+        raise DatabaseUnavailable(str(error.orig or error).strip()) from error
 
 
 class Database:
@@ -89,19 +98,33 @@ class Database:
 
         Raises DatabaseUnavailable when the database is unreachable or a statement or lock
         wait times out (the transient failures a client may retry)."""
-        try:
-            with self.session() as session, session.begin():
-                return work(session)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
-            raise DatabaseUnavailable(str(error.orig or error).strip()) from error
+        with _unavailable_on_failure(), self.session() as session, session.begin():
+            return work(session)
+
+    def read_only(self, work: Callable[[Session], T]) -> T:
+        """Run `work`, which only reads, with each statement on its own: no transaction to
+        begin and commit, so a one-query read is one round trip."""
+        with (
+            _unavailable_on_failure(),
+            self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection,
+            Session(connection, expire_on_commit=False) as session,
+        ):
+            return work(session)
 
     async def run(self, work: Callable[[Session], T]) -> T:
         """`transaction`, in a worker thread."""
+        return await self._in_thread(self.transaction, work)
+
+    async def read(self, work: Callable[[Session], T]) -> T:
+        """`read_only`, in a worker thread."""
+        return await self._in_thread(self.read_only, work)
+
+    async def _in_thread(
+        self, runner: Callable[[Callable[[Session], T]], T], work: Callable[[Session], T]
+    ) -> T:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self._max_threads)
-        return await anyio.to_thread.run_sync(
-            partial(self.transaction, work), limiter=self._limiter
-        )
+        return await anyio.to_thread.run_sync(partial(runner, work), limiter=self._limiter)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -12,6 +12,7 @@ that spans rows (the per-customer limit) with the writes it guards. The CHECK co
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -100,15 +101,18 @@ def _reserve_in_one_statement(
     None if the event doesn't qualify (not on sale, started, not enough tickets); the event
     without a reservation if the customer's limit refused (the tickets are then taken: the
     caller must roll back)."""
+    statement = getattr(_per_thread, "reserve", None)
+    if statement is None:
+        statement = _per_thread.reserve = _reserve_statement()
     found = session.exec(
-        _RESERVE,
+        statement,
         params={"event_id": event_id, "customer_id": customer_id, "quantity": quantity},
     ).one_or_none()
     return None if found is None else (found[0], found[1])
 
 
 def _reserve_statement() -> Select[Event, Reservation]:
-    """Built once: the parameters are `event_id`, `customer_id` and `quantity`."""
+    """The parameters are `event_id`, `customer_id` and `quantity`."""
     event_id = sa.bindparam("event_id", type_=sa.BigInteger)
     customer_id = sa.bindparam("customer_id", type_=sa.Text)
     quantity = sa.bindparam("quantity", type_=sa.Integer)
@@ -181,7 +185,10 @@ def _reserve_statement() -> Select[Event, Reservation]:
     )
 
 
-_RESERVE = _reserve_statement()
+# Built once per thread, not once per process: SQLAlchemy completes a statement lazily on its
+# first use, which is not thread-safe. A shared one, first run by many threads at once, was
+# seen to render wrong SQL (the event table instead of the CTE) and keep it in its cache.
+_per_thread = threading.local()
 
 
 def _held(session: Session, event_id: int, customer_id: str) -> int:
