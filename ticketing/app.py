@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -25,7 +24,6 @@ from ticketing.migrations import is_at_head
 from ticketing.settings import Settings, get_settings
 
 logger = logging.getLogger("ticketing")
-GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -68,10 +66,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # Database calls run in threads. By default a thread whose query has answered waits up
-        # to 5 ms for the busy event loop thread to hand over the GIL, on every round trip,
-        # and for as long a row lock stays held: hand over sooner.
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         purging = asyncio.create_task(purge_idempotency_keys())
         yield
         purging.cancel()
