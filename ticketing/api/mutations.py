@@ -146,7 +146,7 @@ class ReservationPayload:
     @classmethod
     def from_booking(cls, done: booking.Booking) -> ReservationPayload:
         return cls(
-            reservation=Reservation.from_model(done.reservation),
+            reservation=Reservation.from_model(done.reservation, done.event),
             event=Event.from_model(done.event),
         )
 

@@ -186,7 +186,9 @@ async def _reservation(info: Info, key: int) -> Reservation | None:
     reservation = await info.context.loaders.reservation.load(key)
     if reservation is None or not viewer.may_access(reservation.customer_id):
         return None
-    return Reservation.from_model(reservation)
+    event = await info.context.loaders.event.load(reservation.event_id)
+    assert event is not None, "a reservation's event is never deleted"
+    return Reservation.from_model(reservation, event)
 
 
 def _json_key(key: catalog.SortKey) -> list[Any]:
