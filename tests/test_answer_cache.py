@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -100,62 +101,46 @@ def answer(shareable: bool = True) -> Answer:
     return Answer(200, b"{}", {}, shareable=shareable)
 
 
+class Execution:
+    """A stand-in for executing a query, counting how often it runs."""
+
+    def __init__(self, shareable: bool = True, delay_s: float = 0, first_fails: bool = False):
+        self.result, self.delay_s, self.first_fails = answer(shareable), delay_s, first_fails
+        self.count = 0
+
+    async def __call__(self) -> Answer:
+        self.count += 1
+        number = self.count
+        await asyncio.sleep(self.delay_s)
+        if self.first_fails and number == 1:
+            raise RuntimeError("the database went away")
+        return self.result
+
+
+async def many_at_once(cache: AnswerCache, execute: Execution, how_many: int) -> list[Any]:
+    key = ("q", "", None, "json")
+    return await asyncio.gather(
+        *(cache.get(key, execute) for _ in range(how_many)), return_exceptions=True
+    )
+
+
 def test_concurrent_misses_execute_once() -> None:
-    cache = AnswerCache(ttl_s=10, max_entries=10)
-    executions = 0
-
-    async def execute() -> Answer:
-        nonlocal executions
-        executions += 1
-        await asyncio.sleep(0.05)
-        return answer()
-
-    async def flood() -> list[Answer]:
-        return await asyncio.gather(
-            *(cache.get(("q", "", None, "json"), execute) for _ in range(20))
-        )
-
-    answers = asyncio.run(flood())
-    assert executions == 1
+    execute = Execution(delay_s=0.05)
+    answers = asyncio.run(many_at_once(AnswerCache(ttl_s=10, max_entries=10), execute, 20))
+    assert execute.count == 1
     assert all(given is answers[0] for given in answers)
 
 
 def test_errors_and_mutations_are_not_shared() -> None:
-    cache = AnswerCache(ttl_s=10, max_entries=10)
-    executions = 0
-
-    async def execute() -> Answer:
-        nonlocal executions
-        executions += 1
-        return answer(shareable=False)
-
-    async def twice() -> None:
-        for _ in range(2):
-            await cache.get(("q", "", None, "json"), execute)
-
-    asyncio.run(twice())
-    assert executions == 2
+    cache, execute = AnswerCache(ttl_s=10, max_entries=10), Execution(shareable=False)
+    for _ in range(2):
+        asyncio.run(many_at_once(cache, execute, 1))
+    assert execute.count == 2
 
 
 def test_a_failed_execution_lets_the_waiters_run_their_own() -> None:
-    cache = AnswerCache(ttl_s=10, max_entries=10)
-    calls = 0
-
-    async def execute() -> Answer:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.02)
-        if calls == 1:
-            raise RuntimeError("the database went away")
-        return answer()
-
-    async def together() -> list[Answer | BaseException]:
-        key = ("q", "", None, "json")
-        return await asyncio.gather(
-            *(cache.get(key, execute) for _ in range(3)), return_exceptions=True
-        )
-
-    outcomes = asyncio.run(together())
+    execute = Execution(delay_s=0.02, first_fails=True)
+    outcomes = asyncio.run(many_at_once(AnswerCache(ttl_s=10, max_entries=10), execute, 3))
     assert isinstance(outcomes[0], RuntimeError)
     assert all(isinstance(outcome, Answer) for outcome in outcomes[1:])
 
@@ -164,7 +149,7 @@ def test_the_cache_is_bounded_and_expires() -> None:
     cache = AnswerCache(ttl_s=0.05, max_entries=2)
     executions: list[str] = []
 
-    def executing(query: str):  # type: ignore[no-untyped-def]
+    def executing(query: str) -> Callable[[], Awaitable[Answer]]:
         async def execute() -> Answer:
             executions.append(query)
             return answer()

@@ -4,10 +4,11 @@ Every function runs inside the caller's transaction (see `Database.transaction`)
 `DomainError` to refuse, which rolls everything back.
 
 Concurrency: all changes to an event's tickets go through its `event` row, which each operation
-locks first (the conditional UPDATE of `reserve`, or SELECT ... FOR UPDATE) before it touches
-any reservation. One lock order everywhere means no deadlocks, and it serialises every check
-that spans rows (the per-customer limit) with the writes it guards. The CHECK constraints on
-`event` and `reservation` stay as a backstop against any bug that slips past the rules.
+locks first (the conditional UPDATE that opens `reserve`'s one statement, or SELECT ... FOR
+UPDATE) before it touches a customer's hold or a reservation. One lock order everywhere means
+no deadlocks, and it serialises every check that spans rows (the per-customer limit) with the
+writes it guards. The CHECK constraints on `event`, `reservation` and `customer_hold` stay as
+a backstop against any bug that slips past the rules.
 """
 
 from __future__ import annotations
