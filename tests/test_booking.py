@@ -9,8 +9,9 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
-from tests.conftest import insert_event, invariant_violations
+from tests.conftest import insert_event, invariant_violations, snapshot
 from ticketing.db import Database
 from ticketing.domain import booking, errors, events
 from ticketing.domain.booking import Actor
@@ -51,17 +52,26 @@ def test_reserve_then_change_then_cancel(db: Database, engine: Engine) -> None:
     assert gone.event.tickets_available == 10
 
 
-def test_a_refusal_rolls_back_the_inventory_change(db: Database, engine: Engine) -> None:
+@pytest.mark.parametrize("mode", ["transaction", "autocommit"])
+def test_a_limit_refusal_changes_nothing(db: Database, engine: Engine, mode: str) -> None:
     key = event_key(engine, capacity=10, max_tickets_per_customer=3)
-    db.transaction(lambda s: booking.reserve(s, event_id=key, actor=ALICE, quantity=3))
-    # The conditional UPDATE takes the tickets before the limit check refuses: it must undo.
-    with pytest.raises(errors.CustomerLimitReached):
-        db.transaction(lambda s: booking.reserve(s, event_id=key, actor=ALICE, quantity=1))
-    with engine.connect() as connection:
-        available = connection.scalar(
-            sa.text("SELECT tickets_available FROM event WHERE id = :id"), {"id": key}
-        )
-    assert available == 7
+    run = db.transaction if mode == "transaction" else db.autocommit
+    run(lambda s: booking.reserve(s, event_id=key, actor=ALICE, quantity=2))
+    before = snapshot(engine)
+    # The statement takes the tickets before the customer's hold refuses: it must all undo.
+    with pytest.raises(errors.CustomerLimitReached) as refused:
+        run(lambda s: booking.reserve(s, event_id=key, actor=ALICE, quantity=2))
+    assert (refused.value.limit, refused.value.held) == (3, 2)
+    assert snapshot(engine) == before
+
+    def refused_then_within_the_limit(session: Session) -> booking.Booking:
+        with pytest.raises(errors.CustomerLimitReached):
+            booking.reserve(session, event_id=key, actor=ALICE, quantity=2)
+        # The failed statement didn't spoil the transaction (a savepoint held it).
+        return booking.reserve(session, event_id=key, actor=ALICE, quantity=1)
+
+    assert run(refused_then_within_the_limit).event.tickets_available == 7
+    assert invariant_violations(engine) == []
 
 
 def test_database_constraints_back_the_rules(engine: Engine) -> None:

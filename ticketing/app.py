@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def readyz(request: Request) -> JSONResponse:
         try:
-            at_head = await db.read(lambda session: is_at_head(session.connection()))
+            at_head = await db.run_autocommit(lambda session: is_at_head(session.connection()))
         except DatabaseUnavailable as error:
             logger.warning("Not ready: database unavailable: %s", error)
             return JSONResponse({"status": "unavailable", "database": "unreachable"}, 503)

@@ -1,9 +1,9 @@
 """The one place that makes database engines and sessions.
 
 Request handlers run on the event loop, while psycopg2 blocks: every unit of database work
-therefore runs in a worker thread through `Database.run` (or `read`), so a slow query never
-stalls other requests. The thread limit matches the connection pool so no thread waits on the
-pool.
+therefore runs in a worker thread through `Database.run` (or `run_autocommit`), so a slow query
+never stalls other requests. The thread limit matches the connection pool so no thread waits
+on the pool.
 """
 
 from __future__ import annotations
@@ -101,9 +101,10 @@ class Database:
         with _unavailable_on_failure(), self.session() as session, session.begin():
             return work(session)
 
-    def read_only(self, work: Callable[[Session], T]) -> T:
-        """Run `work`, which only reads, with each statement on its own: no transaction to
-        begin and commit, so a one-query read is one round trip."""
+    def autocommit(self, work: Callable[[Session], T]) -> T:
+        """Run `work` with each statement committed on its own: no transaction to begin and
+        commit, so a one-statement read or write is one round trip. For reads, and for work
+        whose every write is a single statement."""
         with (
             _unavailable_on_failure(),
             self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection,
@@ -115,9 +116,9 @@ class Database:
         """`transaction`, in a worker thread."""
         return await self._in_thread(self.transaction, work)
 
-    async def read(self, work: Callable[[Session], T]) -> T:
-        """`read_only`, in a worker thread."""
-        return await self._in_thread(self.read_only, work)
+    async def run_autocommit(self, work: Callable[[Session], T]) -> T:
+        """`autocommit`, in a worker thread."""
+        return await self._in_thread(self.autocommit, work)
 
     async def _in_thread(
         self, runner: Callable[[Callable[[Session], T]], T], work: Callable[[Session], T]

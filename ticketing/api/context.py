@@ -70,15 +70,15 @@ class Loaders:
         self.event.prime(fresh_event.id, fresh_event)
 
     async def _load_events(self, ids: list[int]) -> list[Event | None]:
-        found = await self._db.read(_bound(catalog.events_by_id, ids))
+        found = await self._db.run_autocommit(_bound(catalog.events_by_id, ids))
         return [found.get(key) for key in ids]
 
     async def _load_reservations(self, ids: list[int]) -> list[Reservation | None]:
-        found = await self._db.read(_bound(catalog.reservations_by_id, ids))
+        found = await self._db.run_autocommit(_bound(catalog.reservations_by_id, ids))
         return [found.get(key) for key in ids]
 
     async def _load_history(self, ids: list[int]) -> list[list[ReservationChange]]:
-        found = await self._db.read(_bound(catalog.history_of, ids))
+        found = await self._db.run_autocommit(_bound(catalog.history_of, ids))
         return [found.get(key, []) for key in ids]
 
 

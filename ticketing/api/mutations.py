@@ -231,6 +231,7 @@ class Mutation:
                 keyed=_idempotency(
                     info, input.idempotency_key, "createReservation", input.event_id, input.quantity
                 ),
+                writes_one_statement=True,
             ),
         )
 
@@ -382,11 +383,16 @@ async def _book(
     work: Callable[[Session], booking.Booking],
     *,
     keyed: Idempotency | None = None,
+    writes_one_statement: bool = False,
 ) -> ReservationPayload | Error:
+    """`writes_one_statement`: the work is atomic without a transaction (see
+    `booking.reserve`), unless a key must be claimed along with it."""
+    db = info.context.db
+    run = db.run_autocommit if writes_one_statement and keyed is None else db.run
     if keyed is not None:
         work = _once(work, info.context.require_viewer(), keyed)
     try:
-        done = await info.context.db.run(work)
+        done = await run(work)
     except DomainError as refusal:
         return to_graphql(refusal)
     info.context.loaders.forget_all(fresh_event=done.event)

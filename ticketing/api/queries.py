@@ -141,12 +141,14 @@ class Query:
         order = catalog.EventOrder[(order_by or EventOrder.STARTS_AT_ASC).name]
         position = _event_position(after, order) if after is not None else None
         where = (filter or EventFilter()).to_domain()
-        rows = await info.context.db.read(
+        rows = await info.context.db.run_autocommit(
             lambda session: catalog.list_events(session, where, order, position, size + 1)
         )
 
         async def count() -> int:
-            return await info.context.db.read(lambda session: catalog.count_events(session, where))
+            return await info.context.db.run_autocommit(
+                lambda session: catalog.count_events(session, where)
+            )
 
         return build_connection(
             rows,

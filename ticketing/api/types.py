@@ -214,10 +214,10 @@ async def reservation_connection(
         # Their events too, in the same round trip to the thread.
         return rows, catalog.events_by_id(session, sorted({row.event_id for row in rows}))
 
-    rows, events = await info.context.db.read(page_and_events)
+    rows, events = await info.context.db.run_autocommit(page_and_events)
 
     async def count() -> int:
-        return await info.context.db.read(
+        return await info.context.db.run_autocommit(
             lambda session: catalog.count_reservations(
                 session, customer_id=customer_id, event_id=event_id, status=wanted
             )

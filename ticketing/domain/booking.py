@@ -13,6 +13,7 @@ a backstop against any bug that slips past the rules.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 
@@ -68,10 +69,33 @@ has_started = col(Event.starts_at) <= sa.func.clock_timestamp()
 
 
 def reserve(session: Session, *, event_id: int, actor: Actor, quantity: int) -> Booking:
+    """Works in a transaction and, being one statement when it succeeds, also in autocommit
+    mode, where the hot event's row stays locked only while PostgreSQL runs the statement."""
     _require_positive(quantity)
-    booked = _reserve_in_one_statement(session, event_id, actor.customer_id, quantity)
-    if booked is None:
-        # Refused, or raced: decide under the row lock, where the answer can't change.
+    in_transaction = not _is_autocommit(session)
+    for _ in range(_RESERVE_ATTEMPTS):
+        try:
+            # A failed statement aborts a transaction: a savepoint keeps it usable for the
+            # reads that explain the refusal.
+            with session.begin_nested() if in_transaction else contextlib.nullcontext():
+                booked = _reserve_in_one_statement(session, event_id, actor.customer_id, quantity)
+        except sa.exc.IntegrityError as error:
+            if getattr(error.orig, "diag", None) is None or (
+                error.orig.diag.constraint_name != "hold_within_limit"  # type: ignore[union-attr]
+            ):
+                raise
+            limit = session.scalar(
+                select(Event.max_tickets_per_customer).where(col(Event.id) == event_id)
+            )
+            assert limit is not None, "only a limit refuses a hold"
+            raise CustomerLimitReached(
+                limit=limit, held=_held(session, event_id, actor.customer_id)
+            ) from None
+        if booked is not None:
+            event, reservation = booked
+            return Booking(reservation, event)
+        # Refused, or raced: decide under the row lock (held to the end of a transaction; in
+        # autocommit mode only for the read, so tickets freed since are taken by trying again).
         locked, started = lock_event(session, event_id)
         if locked.status == EventStatus.CANCELLED:
             raise EventCancelled()
@@ -79,29 +103,23 @@ def reserve(session: Session, *, event_id: int, actor: Actor, quantity: int) -> 
             raise EventStarted()
         if locked.tickets_available < quantity:
             raise NotEnoughTickets(requested=quantity, available=locked.tickets_available)
-        booked = _reserve_in_one_statement(session, event_id, actor.customer_id, quantity)
-        assert booked is not None, "reservable under our own lock"
-    event, reservation = booked
-    if reservation is None:
-        # Over the limit: the tickets taken above are given back when this rolls back.
-        assert event.max_tickets_per_customer is not None
-        raise CustomerLimitReached(
-            limit=event.max_tickets_per_customer,
-            held=_held(session, event_id, actor.customer_id),
-        )
-    return Booking(reservation, event)
+    # Others kept taking what was freed between our attempts.
+    raise NotEnoughTickets(requested=quantity, available=0)
+
+
+def _is_autocommit(session: Session) -> bool:
+    options = session.connection().get_execution_options()
+    return bool(options.get("isolation_level") == "AUTOCOMMIT")
 
 
 def _reserve_in_one_statement(
     session: Session, event_id: int, customer_id: str, quantity: int
-) -> tuple[Event, Reservation | None] | None:
+) -> tuple[Event, Reservation] | None:
     """Take the tickets, count them against the customer's limit, create the reservation
-    and its history line, all in one statement, so that the event's row stays locked only
-    for as long as the database needs to run it.
+    and its history line, all in one statement: atomic even outside a transaction.
 
-    None if the event doesn't qualify (not on sale, started, not enough tickets); the event
-    without a reservation if the customer's limit refused (the tickets are then taken: the
-    caller must roll back)."""
+    None if the event doesn't qualify (not on sale, started, not enough tickets). Over the
+    customer's limit, the statement fails on the `hold_within_limit` constraint."""
     statement = getattr(_per_thread, "reserve", None)
     if statement is None:
         statement = _per_thread.reserve = _reserve_statement()
@@ -133,10 +151,10 @@ def _reserve_statement() -> Select[Event, Reservation]:
     hold = CustomerHold.__table__  # type: ignore[attr-defined]
     proposed = insert(CustomerHold).from_select(
         ["event_id", "customer_id", "tickets", "ticket_limit"],
-        sa.select(taken.c.id, customer_id, quantity, limit).where(
-            sa.or_(limit.is_(None), limit >= quantity)
-        ),
+        sa.select(taken.c.id, customer_id, quantity, limit),
     )
+    # The upsert adds to the latest committed holding, waiting for a concurrent reservation by
+    # the same customer; past the event's limit, its CHECK fails the whole statement.
     held = (
         proposed.on_conflict_do_update(
             index_elements=["event_id", "customer_id"],
@@ -144,11 +162,6 @@ def _reserve_statement() -> Select[Event, Reservation]:
                 "tickets": hold.c.tickets + proposed.excluded.tickets,
                 "ticket_limit": proposed.excluded.ticket_limit,
             },
-            # The latest committed holding, even if another reservation just changed it.
-            where=sa.or_(
-                proposed.excluded.ticket_limit.is_(None),
-                hold.c.tickets + proposed.excluded.tickets <= proposed.excluded.ticket_limit,
-            ),
         )
         .returning(hold.c.tickets)
         .cte("held")
@@ -180,7 +193,7 @@ def _reserve_statement() -> Select[Event, Reservation]:
     return (
         select(aliased(Event, taken), aliased(Reservation, made))
         .select_from(taken)
-        .outerjoin(made, sa.true())
+        .join(made, sa.true())
         .add_cte(logged)
         .execution_options(populate_existing=True)
     )
@@ -190,6 +203,7 @@ def _reserve_statement() -> Select[Event, Reservation]:
 # first use, which is not thread-safe. A shared one, first run by many threads at once, was
 # seen to render wrong SQL (the event table instead of the CTE) and keep it in its cache.
 _per_thread = threading.local()
+_RESERVE_ATTEMPTS = 5
 
 
 def _held(session: Session, event_id: int, customer_id: str) -> int:
