@@ -140,7 +140,7 @@ def main() -> int:
     for _ in range(args.runs):
         dataset.load(engine)
         measured[DB_CEILING_NAME].runs.append(
-            _pgbench_run(url, db_script, HOT_SALE.connections, args.duration)
+            pgbench_run(url, db_script, HOT_SALE.connections, args.duration)
         )
     with _ceiling_server(answer) as ceiling:
         for _ in range(args.runs):
@@ -378,7 +378,7 @@ def _check(name: str, run: Run, engine: Engine) -> list[str]:
     return failures
 
 
-def _pgbench_run(url: str, script: Path, clients: int, seconds: int) -> Run:
+def pgbench_run(url: str, script: Path, clients: int, seconds: int) -> Run:
     """pgbench sending the reservation SQL: the database's ceiling for that work."""
     target = make_url(url)
     pgbench = _pgbench_binary()
