@@ -379,11 +379,12 @@ def _check(name: str, run: Run, engine: Engine) -> list[str]:
 
 
 def pgbench_run(url: str, script: Path, clients: int, seconds: int) -> Run:
-    """pgbench sending the reservation SQL: the database's ceiling for that work."""
+    """pgbench sending the reservation SQL: the database's ceiling for that work. Its
+    per-transaction log goes next to the script."""
     target = make_url(url)
     pgbench = _pgbench_binary()
-    log_prefix = WORK / "pgbench_log"
-    for old in WORK.glob("pgbench_log*"):
+    log_prefix = script.parent / "pgbench_log"
+    for old in script.parent.glob("pgbench_log*"):
         old.unlink()
     command = [pgbench, "-n", "-M", "simple", "-c", str(clients), "-j", str(WRK_THREADS)]
     command += ["-T", str(seconds), "-f", str(script), "-l", "--log-prefix", str(log_prefix)]
@@ -400,7 +401,7 @@ def pgbench_run(url: str, script: Path, clients: int, seconds: int) -> Run:
     output = ran.stdout
     tps = float(re.search(r"tps = ([\d.]+)", output).group(1))  # type: ignore[union-attr]
     latencies_us = sorted(
-        int(line.split()[2]) for log in WORK.glob("pgbench_log*") for line in log.open()
+        int(line.split()[2]) for log in script.parent.glob("pgbench_log*") for line in log.open()
     )
     failed = int(re.search(r"failed transactions: (\d+)", output).group(1))  # type: ignore[union-attr]
     run = Run(

@@ -14,6 +14,7 @@ from functools import partial
 from typing import TypeVar
 
 import anyio
+import psycopg2
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -36,8 +37,10 @@ def create_db_engine(
     connect_timeout_s: int = 5,
     statement_timeout_ms: int = 0,
     lock_timeout_ms: int = 0,
+    autocommit: bool = False,
 ) -> Engine:
-    """Timeouts of 0 mean none (for migrations); the service sets them from its settings."""
+    """Timeouts of 0 mean none (for migrations); the service sets them from its settings.
+    `autocommit`: every statement commits on its own, for the whole life of the pool."""
     options = (
         f"-c timezone=UTC -c statement_timeout={statement_timeout_ms}"
         f" -c lock_timeout={lock_timeout_ms}"
@@ -52,7 +55,7 @@ def create_db_engine(
         pool_pre_ping=False,
         # The booking locks are designed for READ COMMITTED: each statement after a lock sees
         # what was committed before it. UTC sessions keep every timestamp readable.
-        isolation_level="READ COMMITTED",
+        isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
         connect_args={
             "application_name": "ticketing",
             "connect_timeout": connect_timeout_s,
@@ -67,19 +70,31 @@ def _unavailable_on_failure() -> Iterator[None]:
         yield
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
         raise DatabaseUnavailable(str(error.orig or error).strip()) from error
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
+        # Raw, from resetting a connection that died as the pool took it back.
+        raise DatabaseUnavailable(str(error).strip()) from error
 
 
 class Database:
-    """An engine plus the means to run one transaction off the event loop."""
+    """Engines plus the means to run database work off the event loop."""
 
-    def __init__(self, engine: Engine, *, max_threads: int) -> None:
+    def __init__(
+        self, engine: Engine, *, max_threads: int, autocommit_engine: Engine | None = None
+    ) -> None:
+        """`autocommit_engine`: a pool of its own for `autocommit` work, since switching a
+        pooled connection in and out of autocommit costs a round trip each time. Without
+        one, `engine`'s connections are switched."""
         self.engine = engine
+        self.autocommit_engine = autocommit_engine or engine.execution_options(
+            isolation_level="AUTOCOMMIT"
+        )
         self._max_threads = max_threads
-        self._limiter: anyio.CapacityLimiter | None = None
+        self._limiters: dict[Engine, anyio.CapacityLimiter] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str) -> Database:
-        engine = create_db_engine(
+        make = partial(
+            create_db_engine,
             url,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
@@ -87,7 +102,11 @@ class Database:
             statement_timeout_ms=settings.db_statement_timeout_ms,
             lock_timeout_ms=settings.db_lock_timeout_ms,
         )
-        return cls(engine, max_threads=settings.db_pool_size + settings.db_max_overflow)
+        return cls(
+            make(),
+            autocommit_engine=make(autocommit=True),
+            max_threads=settings.db_pool_size + settings.db_max_overflow,
+        )
 
     def session(self) -> Session:
         # Objects outlive their transaction: resolvers read them after the commit.
@@ -107,25 +126,26 @@ class Database:
         whose every write is a single statement."""
         with (
             _unavailable_on_failure(),
-            self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection,
+            self.autocommit_engine.connect() as connection,
             Session(connection, expire_on_commit=False) as session,
         ):
             return work(session)
 
     async def run(self, work: Callable[[Session], T]) -> T:
         """`transaction`, in a worker thread."""
-        return await self._in_thread(self.transaction, work)
+        return await self._in_thread(self.engine, partial(self.transaction, work))
 
     async def run_autocommit(self, work: Callable[[Session], T]) -> T:
         """`autocommit`, in a worker thread."""
-        return await self._in_thread(self.autocommit, work)
+        return await self._in_thread(self.autocommit_engine, partial(self.autocommit, work))
 
-    async def _in_thread(
-        self, runner: Callable[[Callable[[Session], T]], T], work: Callable[[Session], T]
-    ) -> T:
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self._max_threads)
-        return await anyio.to_thread.run_sync(partial(runner, work), limiter=self._limiter)
+    async def _in_thread(self, engine: Engine, call: Callable[[], T]) -> T:
+        # As many threads per pool as it has connections: none waits for a connection.
+        limiter = self._limiters.get(engine)
+        if limiter is None:
+            limiter = self._limiters[engine] = anyio.CapacityLimiter(self._max_threads)
+        return await anyio.to_thread.run_sync(call, limiter=limiter)
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self.autocommit_engine.dispose()

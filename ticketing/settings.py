@@ -40,8 +40,9 @@ class Settings(BaseSettings):
     max_query_depth: int = Field(default=15, ge=2)
     max_query_aliases: int = Field(default=30, ge=0)
     max_query_cost: int = Field(default=10_000, ge=100)
-    db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=10, ge=0)
+    # Per worker and per pool: one for transactions, one for statements that commit alone.
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=5, ge=0)
     db_connect_timeout_s: int = Field(default=3, ge=1)
     db_statement_timeout_ms: int = Field(default=5000, ge=1)
     db_lock_timeout_ms: int = Field(default=2000, ge=1)

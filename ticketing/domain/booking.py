@@ -108,8 +108,10 @@ def reserve(session: Session, *, event_id: int, actor: Actor, quantity: int) -> 
 
 
 def _is_autocommit(session: Session) -> bool:
-    options = session.connection().get_execution_options()
-    return bool(options.get("isolation_level") == "AUTOCOMMIT")
+    """Whether each statement commits on its own: the driver's own flag, read without a
+    round trip (however the connection was put in that mode)."""
+    driver_connection = session.connection().connection.dbapi_connection
+    return bool(getattr(driver_connection, "autocommit", False))
 
 
 def _reserve_in_one_statement(
