@@ -73,7 +73,9 @@ def reserve(session: Session, *, event_id: int, actor: Actor, quantity: int) -> 
     mode, where the hot event's row stays locked only while PostgreSQL runs the statement."""
     _require_positive(quantity)
     in_transaction = not _is_autocommit(session)
-    for _ in range(_RESERVE_ATTEMPTS):
+    # Tried again only when the tickets this statement missed were freed since: each round
+    # means someone else's change went through, so this ends.
+    while True:
         try:
             # A failed statement aborts a transaction: a savepoint keeps it usable for the
             # reads that explain the refusal.
@@ -87,10 +89,10 @@ def reserve(session: Session, *, event_id: int, actor: Actor, quantity: int) -> 
             limit = session.scalar(
                 select(Event.max_tickets_per_customer).where(col(Event.id) == event_id)
             )
-            assert limit is not None, "only a limit refuses a hold"
-            raise CustomerLimitReached(
-                limit=limit, held=_held(session, event_id, actor.customer_id)
-            ) from None
+            if limit is not None:
+                held = _held(session, event_id, actor.customer_id)
+                raise CustomerLimitReached(limit=limit, held=held) from None
+            continue  # the organizer lifted the limit meanwhile
         if booked is not None:
             event, reservation = booked
             return Booking(reservation, event)
@@ -103,8 +105,6 @@ def reserve(session: Session, *, event_id: int, actor: Actor, quantity: int) -> 
             raise EventStarted()
         if locked.tickets_available < quantity:
             raise NotEnoughTickets(requested=quantity, available=locked.tickets_available)
-    # Others kept taking what was freed between our attempts.
-    raise NotEnoughTickets(requested=quantity, available=0)
 
 
 def _is_autocommit(session: Session) -> bool:
@@ -205,7 +205,6 @@ def _reserve_statement() -> Select[Event, Reservation]:
 # first use, which is not thread-safe. A shared one, first run by many threads at once, was
 # seen to render wrong SQL (the event table instead of the CTE) and keep it in its cache.
 _per_thread = threading.local()
-_RESERVE_ATTEMPTS = 5
 
 
 def _held(session: Session, event_id: int, customer_id: str) -> int:
