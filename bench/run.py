@@ -259,13 +259,9 @@ def _free_port() -> int:
 
 
 def _browse_answer(port: int) -> bytes:
-    query = (LUA / "common.lua").read_text()
-    browse = json.loads(
-        "".join(re.findall(r"'([^']*)'", query.split("common.browse =")[1].split("\n\n")[0]))
-    )
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps(browse).encode(),
+        data=(LUA / "browse.json").read_bytes(),
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:

@@ -92,12 +92,11 @@ class GraphQLEndpoint:
             operation_name=params.operation_name,
             idempotency_key=request.headers.get("idempotency-key"),
         )
-        shareable = viewer is None and self.answers is not None
-        execute = partial(self._execute, request.method, params, context, media_type, shareable)
-        if shareable and self.answers is not None:
+        run = partial(self._execute, request.method, params, context, media_type)
+        if viewer is None and self.answers is not None:
             key = AnswerCache.key(params.query, params.variables, params.operation_name, media_type)
-            return await self.answers.get(key, execute)
-        return await execute()
+            return await self.answers.get(key, partial(run, may_share=True))
+        return await run(may_share=False)
 
     async def _execute(
         self,
@@ -105,6 +104,7 @@ class GraphQLEndpoint:
         params: GraphQLParams,
         context: Context,
         media_type: str,
+        *,
         may_share: bool,
     ) -> Answer:
         try:

@@ -13,8 +13,10 @@ function common.lines(name)
   return lines
 end
 
-common.browse = '{"query": "query Browse { events(first: 20) { edges { node '
-  .. '{ id name venue startsAt ticketsAvailable } } } }"}'
+-- The browse request, shared with bench/run.py (which asks it once for the HTTP ceiling).
+local browse_file = assert(io.open((os.getenv("BENCH_LUA") or ".") .. "/browse.json"))
+common.browse = browse_file:read("*a"):gsub("%s+$", "")
+browse_file:close()
 
 function common.reserve(event_id, quantity)
   return '{"query": "mutation Reserve($input: CreateReservationInput!) '
