@@ -3,8 +3,8 @@
 Prepares a database (an embedded PostgreSQL in bench/.work unless BENCH_DATABASE_URL names a
 database it may wipe), starts the service as in production (a worker per core, GraphiQL off),
 runs each scenario with wrk, checks the inventory invariant and every answer after each one,
-measures the database's and the HTTP stack's ceilings in the same run, and prints a markdown
-table of medians, also written to bench/results/.
+measures the database's and the HTTP stack's ceilings and the GraphQL floor in the same run,
+and prints a markdown table of medians, also written to bench/results/.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from bench import dataset, reservation_sql
+from bench import dataset, graphql_floor, reservation_sql
 from ticketing import migrations
 from ticketing.db import create_db_engine
 from ticketing.domain.audit import hold_mismatches, inventory_mismatches
@@ -62,6 +62,7 @@ SCENARIOS = [
 HOT_SALE = SCENARIOS[2]
 HTTP_CEILING = Scenario("HTTP ceiling: bare Starlette, fixed JSON", "browse.lua", 32)
 DB_CEILING_NAME = "DB ceiling: pgbench, the reservation SQL"
+GRAPHQL_FLOOR_NAME = "GraphQL floor: my reservations document in-process, 1 core"
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Run:
     errors: int
     peak_rss_mib: float
     cpu_ms_per_request: float  # the server's workers, all cores: steadier than requests/s
+    machine_busy: float  # of all cores, whatever used them: 100% means the hardware is the limit
 
 
 @dataclass
@@ -120,6 +122,7 @@ def main() -> int:
 
     measured = {s.name: Measured(s.name, s.connections) for s in [*scenarios, HTTP_CEILING]}
     measured[DB_CEILING_NAME] = Measured(DB_CEILING_NAME, HOT_SALE.connections)
+    measured[GRAPHQL_FLOOR_NAME] = Measured(GRAPHQL_FLOOR_NAME, 1)
     failures: list[str] = []
     soak_growth: float | None = None
     with _service(url, secret) as service:
@@ -147,6 +150,8 @@ def main() -> int:
             measured[HTTP_CEILING.name].runs.append(
                 _wrk_run(wrk, HTTP_CEILING, ceiling, args.duration)
             )
+    for _ in range(args.runs):
+        measured[GRAPHQL_FLOOR_NAME].runs.append(_graphql_floor_run(args.duration))
 
     report = _report(measured, args, engine, soak_growth, failures)
     print(report)
@@ -310,6 +315,25 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class MachineLoad:
+    """How busy all the cores were between entering and leaving (from /proc/stat)."""
+
+    def __enter__(self) -> MachineLoad:
+        self._before = self._times()
+        self.busy = 0.0
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        after = self._times()
+        total = sum(after) - sum(self._before)
+        idle = (after[3] + after[4]) - (self._before[3] + self._before[4])  # idle, iowait
+        self.busy = 1 - idle / total if total else 0.0
+
+    @staticmethod
+    def _times() -> list[int]:
+        return [int(ticks) for ticks in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+
+
 def _rss_kib(pid: int) -> int:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -334,7 +358,7 @@ def _wrk_run(wrk: str, scenario: Scenario, server: Server, seconds: int) -> Run:
     _wrk(wrk, scenario, server.port, WARM_UP_S)
     workers = server.workers()
     cpu_before = sum(map(_cpu_s, workers))
-    with RssSampler(workers) as memory:
+    with RssSampler(workers) as memory, MachineLoad() as load:
         result = _wrk(wrk, scenario, server.port, seconds)
     cpu_s = sum(map(_cpu_s, workers)) - cpu_before
     duration_s = result["duration_us"] / 1e6
@@ -350,11 +374,12 @@ def _wrk_run(wrk: str, scenario: Scenario, server: Server, seconds: int) -> Run:
         errors=errors,
         peak_rss_mib=memory.peak_mib,
         cpu_ms_per_request=1000 * cpu_s / max(result["requests"], 1),
+        machine_busy=load.busy,
     )
     print(
         f"  {scenario.name}: {run.requests_per_s:.0f} req/s, p50 {run.p50_ms:.1f} ms, "
-        f"p99 {run.p99_ms:.1f} ms, {run.cpu_ms_per_request:.2f} CPU ms/request, {errors} errors "
-        f"{result}",
+        f"p99 {run.p99_ms:.1f} ms, {run.cpu_ms_per_request:.2f} CPU ms/request, "
+        f"machine {run.machine_busy:.0%} busy, {errors} errors {result}",
         flush=True,
     )
     return run
@@ -391,7 +416,8 @@ def pgbench_run(url: str, script: Path, clients: int, seconds: int) -> Run:
     if target.port:
         command += ["-p", str(target.port)]
     env = {**os.environ, "PGPASSWORD": target.password or ""} if target.password else None
-    ran = subprocess.run(command, capture_output=True, text=True, env=env)
+    with MachineLoad() as load:
+        ran = subprocess.run(command, capture_output=True, text=True, env=env)
     if ran.returncode:
         raise SystemExit(f"pgbench failed:\n{ran.stdout}\n{ran.stderr}")
     output = ran.stdout
@@ -408,8 +434,30 @@ def pgbench_run(url: str, script: Path, clients: int, seconds: int) -> Run:
         errors=failed,
         peak_rss_mib=0,
         cpu_ms_per_request=0,
+        machine_busy=load.busy,
     )
-    print(f"  pgbench: {tps:.0f} transactions/s, p99 {run.p99_ms:.1f} ms", flush=True)
+    print(
+        f"  pgbench: {tps:.0f} transactions/s, p99 {run.p99_ms:.1f} ms, "
+        f"machine {run.machine_busy:.0%} busy",
+        flush=True,
+    )
+    return run
+
+
+def _graphql_floor_run(seconds: int) -> Run:
+    with MachineLoad() as load:
+        floor = graphql_floor.measure(LUA / "my_reservations.json", seconds)
+    run = Run(
+        requests_per_s=floor.executions_per_cpu_s,
+        successes_per_s=floor.executions_per_cpu_s,
+        p50_ms=floor.p50_ms,
+        p99_ms=floor.p99_ms,
+        errors=0,
+        peak_rss_mib=0,
+        cpu_ms_per_request=1000 / floor.executions_per_cpu_s,
+        machine_busy=load.busy,
+    )
+    print(f"  GraphQL floor: {run.requests_per_s:.0f} executions/s on one core", flush=True)
     return run
 
 
@@ -461,11 +509,13 @@ def _report(
         f"Commit {revision or 'unknown'}, {os.cpu_count()} cores, PostgreSQL {server_version}, "
         f"wrk with {WRK_THREADS} threads on the same machine. Medians of {args.runs} runs of "
         f"{args.duration} s each after a {WARM_UP_S} s warm-up; spread is (max - min) / median "
-        "of requests/s.",
+        "of requests/s. The GraphQL floor runs in the benchmark's process: its requests/s are "
+        "executions per CPU second.",
         "",
         "| scenario | connections | requests/s | spread | successes/s | p50 ms | p99 ms | errors "
-        "| of HTTP ceiling | of DB ceiling | server CPU ms/request | peak RSS per worker MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| of HTTP ceiling | of DB ceiling | server CPU ms/request | machine CPU busy "
+        "| peak RSS per worker MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in measured.values():
         rate = row.median("requests_per_s")
@@ -476,7 +526,7 @@ def _report(
             f"| {row.median('successes_per_s'):.0f} | {row.median('p50_ms'):.1f} "
             f"| {row.median('p99_ms'):.1f} | {sum(run.errors for run in row.runs)} "
             f"| {rate / http_ceiling:.0%} | {rate / db_ceiling:.0%} "
-            f"| {cpu:.2f} "
+            f"| {cpu:.2f} | {row.median('machine_busy'):.0%} "
             f"| {f'{rss:.0f}' if rss else '-'} |"
         )
     if soak_growth is not None:

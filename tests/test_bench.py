@@ -1,5 +1,6 @@
 """The benchmark's own parts, so that `make bench` doesn't rot between runs: its data keeps
-the invariant, and its database ceiling sends the reservation path's SQL."""
+the invariant, its database ceiling sends the reservation path's SQL, and its GraphQL floor
+executes the document the my-reservations scenario sends."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from bench import dataset, reservation_sql
-from bench.run import pgbench_run
+from bench import dataset, graphql_floor, reservation_sql
+from bench.run import LUA, MachineLoad, pgbench_run
 from tests.conftest import invariant_violations
 
 
@@ -41,3 +42,12 @@ def test_the_database_ceiling_runs_the_reservation_sql(
         )
     assert made > 1  # the capture's own, and pgbench's
     assert invariant_violations(engine) == []
+
+
+def test_the_graphql_floor_executes_the_my_reservations_document() -> None:
+    # It raises if the document fails against the schema's types.
+    with MachineLoad() as load:
+        floor = graphql_floor.measure(LUA / "my_reservations.json", seconds=0.2)
+    assert floor.executions_per_cpu_s > 0
+    assert 0 < floor.p50_ms <= floor.p99_ms
+    assert 0 < load.busy <= 1

@@ -13,10 +13,16 @@ function common.lines(name)
   return lines
 end
 
--- The browse request, shared with bench/run.py (which asks it once for the HTTP ceiling).
-local browse_file = assert(io.open((os.getenv("BENCH_LUA") or ".") .. "/browse.json"))
-common.browse = browse_file:read("*a"):gsub("%s+$", "")
-browse_file:close()
+-- A request body kept in <name>.json, shared with bench/run.py: it asks the browse request
+-- once for the HTTP ceiling and runs the my-reservations document for the GraphQL floor.
+function common.request_body(name)
+  local file = assert(io.open((os.getenv("BENCH_LUA") or ".") .. "/" .. name .. ".json"))
+  local body = file:read("*a"):gsub("%s+$", "")
+  file:close()
+  return body
+end
+
+common.browse = common.request_body("browse")
 
 function common.reserve(event_id, quantity)
   return '{"query": "mutation Reserve($input: CreateReservationInput!) '

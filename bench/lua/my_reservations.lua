@@ -2,8 +2,7 @@
 package.path = os.getenv("BENCH_LUA") .. "/?.lua;" .. package.path
 local common = require("common")
 
-local body = '{"query": "query Mine { myReservations(first: 20) { edges { node '
-  .. '{ quantity status event { name startsAt ticketsAvailable } } } } }"}'
+local body = common.request_body("my_reservations")
 local tokens
 
 function init(args)

@@ -55,9 +55,12 @@ class ReservationChangeKind(enum.Enum):
 
 @strawberry.interface(description="An object with a globally unique, opaque ID (Relay).")
 class Node:
-    id: strawberry.ID = strawberry.field(
-        description="The object's global ID; use it with `node(id:)`."
-    )
+    key: strawberry.Private[int]
+
+    # Computed when asked for: most queries of a page of nodes don't ask.
+    @strawberry.field(description="The object's global ID; use it with `node(id:)`.")
+    def id(self) -> strawberry.ID:
+        return to_global_id(type(self).__name__, self.key)
 
 
 @strawberry.type(description="One line of a reservation's history.")
@@ -103,7 +106,6 @@ class Event(Node):
     status: EventStatus = strawberry.field(description="Whether the event is on sale.")
     created_at: datetime = strawberry.field(description="When the event was created.")
     updated_at: datetime = strawberry.field(description="When the event last changed.")
-    key: strawberry.Private[int]
 
     @classmethod
     def from_model(cls, event: models.Event) -> Event:
@@ -111,7 +113,6 @@ class Event(Node):
         assert event.created_at is not None
         assert event.updated_at is not None
         return cls(
-            id=to_global_id("Event", event.id),
             key=event.id,
             name=event.name,
             description=event.description,
@@ -160,7 +161,6 @@ class Reservation(Node):
         description="When the reservation was cancelled; null while it is active."
     )
     event: Event = strawberry.field(description="The event the tickets are for.")
-    key: strawberry.Private[int]
 
     @classmethod
     def from_model(cls, reservation: models.Reservation, event: models.Event) -> Reservation:
@@ -170,7 +170,6 @@ class Reservation(Node):
         assert reservation.created_at is not None
         assert reservation.updated_at is not None
         return cls(
-            id=to_global_id("Reservation", reservation.id),
             key=reservation.id,
             event=Event.from_model(event),
             quantity=reservation.quantity,
