@@ -8,11 +8,13 @@ always sees their own changes at once."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from starlette.responses import Response
@@ -34,9 +36,36 @@ class Answer:
     shareable: bool = False
 
     def response(self, request_id: str) -> Response:
-        return Response(
-            self.body, self.status, headers={**self.headers, REQUEST_ID_HEADER: request_id}
-        )
+        """For no cache to store: it may be personal, an error, or an answer to a POST."""
+        headers = {**self.headers, "Cache-Control": "no-store", REQUEST_ID_HEADER: request_id}
+        return Response(self.body, self.status, headers=headers)
+
+    def cacheable_response(self, request_id: str, if_none_match: str | None) -> Response:
+        """For a shareable answer to a GET. Caches may keep it but must ask again before each
+        use (availability may not be more than a second old, which leaves no room for a
+        max-age), and an unchanged answer then comes back as a bodiless 304 Not Modified."""
+        headers = {
+            "Vary": self.headers["Vary"],
+            "Cache-Control": "public, no-cache",
+            "ETag": self.etag,
+            REQUEST_ID_HEADER: request_id,
+        }
+        if if_none_match is not None and _matches(if_none_match, self.etag):
+            return Response(status_code=304, headers=headers)
+        return Response(self.body, self.status, headers={**self.headers, **headers})
+
+    @cached_property
+    def etag(self) -> str:
+        # Of the representation: the same data as JSON and as GraphQL response JSON differ.
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(self.headers["Content-Type"].encode("utf-8") + b"\0" + self.body)
+        return f'"{digest.hexdigest()}"'
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    """The weak comparison If-None-Match calls for (RFC 9110, 13.1.2)."""
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag in tags
 
 
 class AnswerCache:

@@ -27,6 +27,11 @@ from ticketing.api.context import Context
 from ticketing.api.errors import ErrorCode
 from ticketing.auth import AuthenticationError, authenticate
 from ticketing.db import Database
+from ticketing.persisted_queries import (
+    InvalidPersistedQuery,
+    PersistedQueries,
+    PersistedQueryNotFound,
+)
 from ticketing.settings import Settings
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
@@ -52,6 +57,7 @@ class GraphQLParams:
 class GraphQLEndpoint:
     def __init__(self, schema: Any, db: Database, settings: Settings) -> None:
         self.schema, self.db, self.settings = schema, db, settings
+        self.persisted_queries = PersistedQueries()
         ttl_s = settings.answer_cache_ttl_ms / 1000
         self.answers = AnswerCache(ttl_s, settings.answer_cache_entries) if ttl_s else None
         self.ide_html = get_graphql_ide_html("graphiql")
@@ -61,6 +67,8 @@ class GraphQLEndpoint:
         if self._wants_ide(request):
             return HTMLResponse(self.ide_html)
         answer = await self._answer(request, request_id)
+        if request.method == "GET" and answer.shareable:
+            return answer.cacheable_response(request_id, request.headers.get("if-none-match"))
         return answer.response(request_id)
 
     async def _answer(self, request: Request, request_id: str) -> Answer:
@@ -69,13 +77,19 @@ class GraphQLEndpoint:
             if request.method not in ("GET", "POST"):
                 raise RequestError(405, "Use GET or POST.", headers={"Allow": "GET, POST"})
             media_type = _negotiate(request.headers.get("accept"))
-            params = await _read_params(request, self.settings.max_body_bytes)
+            raw = await _read_params(request, self.settings.max_body_bytes)
+            params = _params_from(raw, self.persisted_queries)
             viewer = authenticate(
                 request.headers.get("authorization"), self.settings.jwt_secret.get_secret_value()
             )
         except RequestError as error:
             return _error_answer(
                 error.status, error.message, ErrorCode.BAD_REQUEST, media_type, error.headers
+            )
+        except PersistedQueryNotFound:
+            # As Apollo Server answers it, which is what the clients' retry logic looks for.
+            return _error_answer(
+                200, "PersistedQueryNotFound", ErrorCode.PERSISTED_QUERY_NOT_FOUND, media_type
             )
         except AuthenticationError as error:
             return _error_answer(
@@ -96,7 +110,8 @@ class GraphQLEndpoint:
         if viewer is None and self.answers is not None:
             key = AnswerCache.key(params.query, params.variables, params.operation_name, media_type)
             return await self.answers.get(key, partial(run, may_share=True))
-        return await run(may_share=False)
+        # Anonymous answers may still be kept by HTTP caches (see Answer.cacheable_response).
+        return await run(may_share=viewer is None)
 
     async def _execute(
         self,
@@ -185,7 +200,7 @@ def _quality(parameters: Iterable[str]) -> float:
     return 1.0
 
 
-async def _read_params(request: Request, max_bytes: int) -> GraphQLParams:
+async def _read_params(request: Request, max_bytes: int) -> dict[str, Any]:
     if request.method == "GET":
         if len(request.url.query) > max_bytes:
             raise RequestError(414, f"The query string is longer than the limit of {max_bytes}.")
@@ -205,7 +220,7 @@ async def _read_params(request: Request, max_bytes: int) -> GraphQLParams:
         if not isinstance(parsed, dict):
             raise RequestError(400, "The request body must be a JSON object.")
         raw = parsed
-    return _params_from(raw)
+    return raw
 
 
 async def _read_body(request: Request, max_bytes: int) -> bytes:
@@ -232,11 +247,10 @@ def _parse_json(text: str | bytes, what: str) -> Any:
         raise RequestError(400, f"The {what} is not valid JSON.") from error
 
 
-def _params_from(raw: dict[str, Any]) -> GraphQLParams:
-    query, variables = raw.get("query"), raw.get("variables")
-    operation_name, extensions = raw.get("operationName"), raw.get("extensions")
-    if not isinstance(query, str) or not query.strip():
-        raise RequestError(400, "The `query` parameter must be a non-empty string.")
+def _params_from(raw: dict[str, Any], persisted_queries: PersistedQueries) -> GraphQLParams:
+    """Raises PersistedQueryNotFound for a persisted query's hash this worker doesn't know."""
+    variables, operation_name = raw.get("variables"), raw.get("operationName")
+    extensions = raw.get("extensions")
     if variables is not None and not isinstance(variables, dict):
         raise RequestError(400, "The `variables` parameter must be an object.")
     if operation_name is not None and not isinstance(operation_name, str):
@@ -248,6 +262,12 @@ def _params_from(raw: dict[str, Any]) -> GraphQLParams:
         json.dumps(raw, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as error:
         raise RequestError(400, "Strings must be valid Unicode (no lone surrogates).") from error
+    try:
+        query = persisted_queries.resolve(raw.get("query"), extensions)
+    except InvalidPersistedQuery as error:
+        raise RequestError(400, str(error)) from error
+    if not isinstance(query, str) or not query.strip():
+        raise RequestError(400, "The `query` parameter must be a non-empty string.")
     return GraphQLParams(query, variables, operation_name, extensions)
 
 
