@@ -18,6 +18,7 @@ from pathlib import Path
 import strawberry
 from strawberry.extensions import ParserCache, ValidationCache
 
+from bench.stats import percentile
 from ticketing.api.pagination import Connection, build_connection
 from ticketing.api.types import Reservation
 from ticketing.domain import models
@@ -117,6 +118,6 @@ async def _measure(schema: strawberry.Schema, document: str, seconds: float) -> 
     timings.sort()
     return Floor(
         executions_per_cpu_s=len(timings) / cpu_s,
-        p50_ms=1000 * timings[len(timings) // 2],
-        p99_ms=1000 * timings[int(len(timings) * 0.99)],
+        p50_ms=1000 * percentile(timings, 0.5),
+        p99_ms=1000 * percentile(timings, 0.99),
     )

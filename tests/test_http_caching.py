@@ -49,7 +49,7 @@ def test_an_anonymous_get_answer_may_be_cached_if_revalidated(
     assert response.status_code == 200, response.text
     assert response.headers["cache-control"] == "public, no-cache"
     assert response.headers["etag"].startswith('"')
-    assert response.headers["vary"] == "Accept"
+    assert response.headers["vary"] == "Accept, Authorization"
 
 
 def test_an_unchanged_answer_is_304_without_a_body(client: TestClient, engine: Engine) -> None:
@@ -130,6 +130,15 @@ def test_an_unknown_hash_asks_for_the_query(client: TestClient) -> None:
     assert response.headers["cache-control"] == "no-store"
 
 
+def test_a_browser_asking_by_hash_gets_the_answer_not_graphiql(client: TestClient) -> None:
+    response = get(
+        client,
+        {"extensions": persisted(sha256(AVAILABILITY))},
+        Accept="text/html,application/xhtml+xml,*/*;q=0.8",
+    )
+    assert response.json()["errors"][0]["message"] == "PersistedQueryNotFound"
+
+
 def test_a_registered_query_runs_from_its_hash_alone(client: TestClient, engine: Engine) -> None:
     insert_event(engine, capacity=7)
     extensions = persisted(sha256(AVAILABILITY))
@@ -153,6 +162,23 @@ def test_a_hash_that_is_not_the_querys_is_refused_and_not_registered(
     assert "SHA-256" in refused.json()["errors"][0]["message"]
     by_hash = get(client, {"extensions": persisted(other)})
     assert by_hash.json()["errors"][0]["message"] == "PersistedQueryNotFound"
+
+
+def test_only_a_query_that_ran_is_registered(client: TestClient) -> None:
+    invalid = "{ noSuchField }"
+    extensions = persisted(sha256(invalid))
+    refused = get(client, {"query": invalid, "extensions": extensions})
+    assert refused.json()["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    by_hash = get(client, {"extensions": extensions})
+    assert by_hash.json()["errors"][0]["message"] == "PersistedQueryNotFound"
+
+
+def test_repeated_if_none_match_headers_make_one_list(client: TestClient, engine: Engine) -> None:
+    insert_event(engine)
+    etag = get(client, {"query": AVAILABILITY}).headers["etag"]
+    headers = [("If-None-Match", '"other"'), ("If-None-Match", etag)]
+    again = client.get("/graphql", params={"query": AVAILABILITY}, headers=headers)
+    assert again.status_code == 304
 
 
 @pytest.mark.parametrize(
@@ -179,17 +205,19 @@ def test_a_malformed_persisted_query_is_400(
 def test_a_persisted_mutation_over_get_is_still_405(client: TestClient, engine: Engine) -> None:
     event_id = insert_event(engine)
     extensions = {"persistedQuery": {"version": 1, "sha256Hash": sha256(RESERVE)}}
-    client.post(
+    variables = {"input": {"eventId": event_id, "quantity": 1}}
+    registered = client.post(
         "/graphql",
-        json={"query": RESERVE, "extensions": extensions, "variables": {"input": {}}},
+        json={"query": RESERVE, "extensions": extensions, "variables": variables},
+        headers=auth(),
     )
+    assert registered.json() == {
+        "data": {"createReservation": {"__typename": "ReservationPayload"}}
+    }
     before = snapshot(engine)
     response = get(
         client,
-        {
-            "extensions": json.dumps(extensions),
-            "variables": json.dumps({"input": {"eventId": event_id, "quantity": 1}}),
-        },
+        {"extensions": json.dumps(extensions), "variables": json.dumps(variables)},
         **auth(),
     )
     assert response.status_code == 405
@@ -198,14 +226,13 @@ def test_a_persisted_mutation_over_get_is_still_405(client: TestClient, engine: 
 
 def test_the_registry_is_bounded_in_entries_and_characters() -> None:
     registry = PersistedQueries(max_entries=2, max_characters=100)
-    queries = ["{ a }", "{ b }", "{ c }"]
-    for query in queries:
-        registry.resolve(query, json.loads(persisted(sha256(query))))
-    assert registry.resolve(None, json.loads(persisted(sha256("{ c }")))) == "{ c }"
+    for query in ["{ a }", "{ b }", "{ c }"]:
+        registry.remember(sha256(query), query)
+    assert registry.resolve(None, json.loads(persisted(sha256("{ c }")))) == ("{ c }", None)
     with pytest.raises(PersistedQueryNotFound):  # the least recently used, forgotten
         registry.resolve(None, json.loads(persisted(sha256("{ a }"))))
     long = "{ " + "x " * 60 + "}"  # more characters than the whole registry may hold
-    assert registry.resolve(long, json.loads(persisted(sha256(long)))) == long
+    registry.remember(sha256(long), long)
     with pytest.raises(PersistedQueryNotFound):
         registry.resolve(None, json.loads(persisted(sha256(long))))
-    assert registry.resolve(None, json.loads(persisted(sha256("{ b }")))) == "{ b }"
+    assert registry.resolve(None, json.loads(persisted(sha256("{ b }")))) == ("{ b }", None)

@@ -45,7 +45,8 @@ class Answer:
         use (availability may not be more than a second old, which leaves no room for a
         max-age), and an unchanged answer then comes back as a bodiless 304 Not Modified."""
         headers = {
-            "Vary": self.headers["Vary"],
+            # Signed-in requests get answers of their own, which are never stored.
+            "Vary": f"{self.headers['Vary']}, Authorization",
             "Cache-Control": "public, no-cache",
             "ETag": self.etag,
             REQUEST_ID_HEADER: request_id,

@@ -52,6 +52,8 @@ class GraphQLParams:
     variables: dict[str, Any] | None
     operation_name: str | None
     extensions: dict[str, Any] | None
+    # A persisted query's hash, when the request sent the query's text along to register it.
+    registers_as: str | None = None
 
 
 class GraphQLEndpoint:
@@ -68,7 +70,9 @@ class GraphQLEndpoint:
             return HTMLResponse(self.ide_html)
         answer = await self._answer(request, request_id)
         if request.method == "GET" and answer.shareable:
-            return answer.cacheable_response(request_id, request.headers.get("if-none-match"))
+            # Repeated If-None-Match headers make one list (RFC 9110, 5.3).
+            if_none_match = ", ".join(request.headers.getlist("if-none-match")) or None
+            return answer.cacheable_response(request_id, if_none_match)
         return answer.response(request_id)
 
     async def _answer(self, request: Request, request_id: str) -> Answer:
@@ -110,8 +114,8 @@ class GraphQLEndpoint:
         if viewer is None and self.answers is not None:
             key = AnswerCache.key(params.query, params.variables, params.operation_name, media_type)
             return await self.answers.get(key, partial(run, may_share=True))
-        # Anonymous answers may still be kept by HTTP caches (see Answer.cacheable_response).
-        return await run(may_share=viewer is None)
+        # HTTP caches may still keep an anonymous GET's answer (see Answer.cacheable_response).
+        return await run(may_share=viewer is None and request.method == "GET")
 
     async def _execute(
         self,
@@ -143,6 +147,8 @@ class GraphQLEndpoint:
             return _error_answer(
                 400, error.as_http_error_reason(), ErrorCode.BAD_USER_INPUT, media_type
             )
+        if params.registers_as is not None and result.data is not None:
+            self.persisted_queries.remember(params.registers_as, params.query)
         shareable = may_share and not result.errors and _is_query(params)
         return _result_answer(result, media_type, shareable=shareable)
 
@@ -151,6 +157,7 @@ class GraphQLEndpoint:
             self.settings.graphiql_enabled
             and request.method == "GET"
             and "query" not in request.query_params
+            and "extensions" not in request.query_params  # a persisted query's hash
             and "text/html" in request.headers.get("accept", "")
         )
 
@@ -263,12 +270,12 @@ def _params_from(raw: dict[str, Any], persisted_queries: PersistedQueries) -> Gr
     except UnicodeEncodeError as error:
         raise RequestError(400, "Strings must be valid Unicode (no lone surrogates).") from error
     try:
-        query = persisted_queries.resolve(raw.get("query"), extensions)
+        query, registers_as = persisted_queries.resolve(raw.get("query"), extensions)
     except InvalidPersistedQuery as error:
         raise RequestError(400, str(error)) from error
     if not isinstance(query, str) or not query.strip():
         raise RequestError(400, "The `query` parameter must be a non-empty string.")
-    return GraphQLParams(query, variables, operation_name, extensions)
+    return GraphQLParams(query, variables, operation_name, extensions, registers_as)
 
 
 def _result_answer(result: ExecutionResult, media_type: str, *, shareable: bool) -> Answer:

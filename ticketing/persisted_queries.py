@@ -35,29 +35,32 @@ class PersistedQueries:
         self._queries: OrderedDict[str, str] = OrderedDict()
         self._characters = 0
 
-    def resolve(self, query: object, extensions: dict[str, object] | None) -> object:
-        """The query to run: `query` itself unless the request uses a persisted query, in
-        which case the text registered for its hash (registering `query` when given)."""
+    def resolve(
+        self, query: object, extensions: dict[str, object] | None
+    ) -> tuple[object, str | None]:
+        """The query to run: `query` itself unless the request uses a persisted query, then
+        the text known for its hash. And the hash to `remember` the query under once it has
+        run, when the request sent both."""
         persisted = (extensions or {}).get("persistedQuery")
         if persisted is None:
-            return query
+            return query, None
         sha256 = _hash_of(persisted)
         if isinstance(query, str):
             if hashlib.sha256(query.encode("utf-8")).hexdigest() != sha256:
                 raise InvalidPersistedQuery(
                     "`extensions.persistedQuery.sha256Hash` is not the SHA-256 of `query`."
                 )
-            self._remember(sha256, query)
-            return query
+            return query, sha256
         if query is not None:
-            return query  # not a string: refused as any other malformed query
+            return query, None  # not a string: refused as any other malformed query
         known = self._queries.get(sha256)
         if known is None:
             raise PersistedQueryNotFound()
         self._queries.move_to_end(sha256)
-        return known
+        return known, None
 
-    def _remember(self, sha256: str, query: str) -> None:
+    def remember(self, sha256: str, query: str) -> None:
+        """Only queries that ran are kept: invalid documents can't push out good ones."""
         if sha256 in self._queries:
             self._queries.move_to_end(sha256)
             return
