@@ -19,8 +19,8 @@ import strawberry
 from strawberry.extensions import ParserCache, ValidationCache
 
 from bench.stats import percentile
-from ticketing.api.pagination import Connection, build_connection
-from ticketing.api.types import Reservation
+from ticketing.api.pagination import Connection
+from ticketing.api.types import Reservation, reservation_page
 from ticketing.domain import models
 
 PAGE = 20
@@ -67,24 +67,12 @@ async def _count() -> int:
     return len(_ROWS)
 
 
-def _page() -> Connection[Reservation]:
-    """As the service builds it from the rows it loaded."""
-    return build_connection(
-        _ROWS,
-        PAGE,
-        to_node=lambda row: Reservation.from_model(row, _EVENTS[row.event_id]),
-        position_of=lambda row: [row.id],
-        count=_count,
-        after_given=False,
-    )
-
-
 @strawberry.type
 class _Query:
     @strawberry.field
     async def my_reservations(self, first: int) -> Connection[Reservation]:
         assert first == PAGE
-        return _page()
+        return reservation_page(_ROWS, _EVENTS, PAGE, count=_count, after_given=False)
 
 
 @dataclass(frozen=True)

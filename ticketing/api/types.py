@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Annotated
 
@@ -222,13 +222,25 @@ async def reservation_connection(
             )
         )
 
+    return reservation_page(rows, events, size, count=count, after_given=after is not None)
+
+
+def reservation_page(
+    rows: Sequence[models.Reservation],
+    events: Mapping[int, models.Event],
+    size: int,
+    *,
+    count: Callable[[], Awaitable[int]],
+    after_given: bool,
+) -> Connection[Reservation]:
+    """A page of reservations, with their events, from the rows loaded for it."""
     return build_connection(
         rows,
         size,
         to_node=lambda row: Reservation.from_model(row, events[row.event_id]),
         position_of=lambda row: [row.id],
         count=count,
-        after_given=after is not None,
+        after_given=after_given,
     )
 
 
