@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.conftest import auth, data, insert_event, snapshot
+from tests.conftest import auth, data, insert_event, make_settings, snapshot
+from ticketing.app import create_app
 from ticketing.persisted_queries import PersistedQueries, PersistedQueryNotFound
 
 AVAILABILITY = "query Availability { events(first: 5) { edges { node { ticketsAvailable } } } }"
@@ -150,6 +151,20 @@ def test_a_registered_query_runs_from_its_hash_alone(client: TestClient, engine:
     assert by_hash.status_code == 200, by_hash.text
     assert tickets_available(by_hash) == 7
     assert by_hash.headers["cache-control"] == "public, no-cache"
+
+
+def test_a_query_is_registered_even_when_a_shared_answer_is_at_hand(
+    database_url: str, engine: Engine
+) -> None:
+    insert_event(engine, capacity=4)
+    settings = make_settings(database_url, answer_cache_ttl_ms=1000)
+    with TestClient(create_app(settings)) as cached:
+        assert tickets_available(get(cached, {"query": AVAILABILITY})) == 4  # now shared
+        extensions = persisted(sha256(AVAILABILITY))
+        get(cached, {"query": AVAILABILITY, "extensions": extensions})
+        by_hash = get(cached, {"extensions": extensions})
+    assert by_hash.status_code == 200, by_hash.text
+    assert tickets_available(by_hash) == 4
 
 
 def test_a_hash_that_is_not_the_querys_is_refused_and_not_registered(

@@ -111,7 +111,9 @@ class GraphQLEndpoint:
             idempotency_key=request.headers.get("idempotency-key"),
         )
         run = partial(self._execute, request.method, params, context, media_type)
-        if viewer is None and self.answers is not None:
+        # A query sent to register under its hash runs, so that it is registered; that
+        # happens once per query and worker.
+        if viewer is None and self.answers is not None and params.registers_as is None:
             key = AnswerCache.key(params.query, params.variables, params.operation_name, media_type)
             return await self.answers.get(key, partial(run, may_share=True))
         # HTTP caches may still keep an anonymous GET's answer (see Answer.cacheable_response).
