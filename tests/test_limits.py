@@ -5,17 +5,28 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from graphql import get_introspection_query
+from graphql import get_introspection_query, parse
 from pydantic import ValidationError
 from starlette.testclient import TestClient
-from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.extensions import ParserCache
 
+from tests.adversarial_documents import (
+    adversarial_documents,
+    fragment_chain,
+    same_field_in_inline_fragments,
+    same_short_list_flood,
+    token_count,
+)
 from tests.conftest import JWT_SECRET, auth, gql, make_settings
-from ticketing.api.schema import DOCUMENT_CACHE_SIZE, build_schema
+from ticketing.api.limits import DocumentLimits
+from ticketing.api.schema import build_schema
+from ticketing.api.validation import DOCUMENT_CACHE_SIZE, ValidateWithinLimits, validator_for
 from ticketing.app import create_app
 from ticketing.settings import DEVELOPMENT_JWT_SECRET, Settings
 
@@ -107,8 +118,13 @@ def test_a_flood_of_unique_documents_cannot_grow_the_caches_without_bound() -> N
     schema = build_schema()
     for number in range(DOCUMENT_CACHE_SIZE + 200):
         assert schema.execute_sync(f"{{ unique{number}: __typename }}").errors is None
-    parsing, validating = ParserCache(DOCUMENT_CACHE_SIZE), ValidationCache(DOCUMENT_CACHE_SIZE)
-    for cache in (parsing.cached_parse_document, validating.cached_validate_document):
+    parsing = ParserCache(DOCUMENT_CACHE_SIZE).cached_parse_document
+    validating = next(
+        extension.validate_document
+        for extension in (factory() for factory in schema.extensions if callable(factory))
+        if isinstance(extension, ValidateWithinLimits)
+    )
+    for cache in (parsing, validating):
         info = cache.cache_info()  # type: ignore[attr-defined]
         assert info.currsize == DOCUMENT_CACHE_SIZE, info
         assert info.misses >= DOCUMENT_CACHE_SIZE + 200
@@ -192,3 +208,86 @@ def test_cors_allows_only_the_listed_origins(database_url: str) -> None:
         )
         assert answer.headers["access-control-allow-origin"] == "https://app.example"
         assert "x-request-id" in answer.headers["access-control-expose-headers"].lower()
+
+
+# Thread CPU time, so other processes on the machine don't count: checking the limits takes
+# a few milliseconds at the token limit, validating as a whole under about 0.25 s.
+LIMIT_CHECK_BOUND_S = 0.05
+VALIDATION_BOUND_S = 0.5
+TOKEN_LIMIT = Settings().max_query_tokens
+
+
+def cpu_seconds(call: Callable[[], object]) -> float:
+    """CPU time of `call`, run in a thread that is given up on after 10 s (an exponential
+    check would otherwise hang the suite)."""
+    spent: list[float] = []
+
+    def timed() -> None:
+        started = time.thread_time()
+        call()
+        spent.append(time.thread_time() - started)
+
+    worker = threading.Thread(target=timed, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert spent, "still running after 10 s"
+    return spent[0]
+
+
+@pytest.mark.parametrize(
+    "document",
+    [pytest.param(document, id=shape) for shape, document in adversarial_documents(TOKEN_LIMIT)],
+)
+def test_any_document_within_the_token_limit_is_checked_in_bounded_time(document: str) -> None:
+    assert token_count(document) <= TOKEN_LIMIT
+    settings = Settings()
+    parsed = parse(document)
+    limits = DocumentLimits.from_settings(settings)
+    assert cpu_seconds(lambda: limits.check(parsed)) < LIMIT_CHECK_BOUND_S
+    validate = validator_for(settings)
+    schema = build_schema(settings)._schema
+    assert cpu_seconds(lambda: validate(schema, parsed)) < VALIDATION_BOUND_S
+    errors = validate(schema, parsed)
+    assert all(error.extensions.get("code") != "INTERNAL_SERVER_ERROR" for error in errors)
+
+
+def test_a_fragment_spread_twice_at_every_level_is_answered_at_once(client: TestClient) -> None:
+    # 23 levels cost 21 s of a worker when every spread was walked again.
+    document = fragment_chain(2)(23)
+    started = time.monotonic()
+    body = gql(client, document)
+    assert time.monotonic() - started < 2
+    assert body == {"data": {"__typename": "Query"}}
+
+
+def test_floods_of_same_named_fields_are_refused_before_they_cost_seconds(
+    client: TestClient,
+) -> None:
+    refused(client, same_field_in_inline_fragments(220), "merging")
+    refused(client, same_short_list_flood(220), "merging")
+
+
+def test_an_app_with_many_fragments_on_one_type_is_within_the_merge_limit(
+    client: TestClient,
+) -> None:
+    fields = "__typename id name venue startsAt ticketsAvailable status"
+    fragments = " ".join(f"fragment E{i} on Event {{ {fields} }}" for i in range(20))
+    spreads = " ".join(f"...E{i}" for i in range(20))
+    query = (
+        f"{{ events {{ edges {{ node {{ id {spreads} }} }} }}"
+        f" a: events(first: 5) {{ edges {{ node {{ {spreads} }} }} }} }} {fragments}"
+    )
+    assert "errors" not in gql(client, query)
+
+
+def test_production_errors_suggest_no_names(production: TestClient, client: TestClient) -> None:
+    misspelt = "{ evnts { totalCount } }"
+    assert "Did you mean" in gql(client, misspelt)["errors"][0]["message"]
+    [error] = gql(production, misspelt)["errors"]
+    assert error["message"] == "Cannot query field 'evnts' on type 'Query'."
+    by_variable = "query($where: EventFilter) { events(filter: $where) { totalCount } }"
+    development = gql(client, by_variable, {"where": {"serch": "x"}})
+    assert "Did you mean 'search'?" in development["errors"][0]["message"]
+    [error] = gql(production, by_variable, {"where": {"serch": "x"}})["errors"]
+    assert "search" not in error["message"]
+    assert "'EventFilter' not to include unknown field 'serch'" in error["message"]

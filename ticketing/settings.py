@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     max_query_depth: int = Field(default=15, ge=2)
     max_query_aliases: int = Field(default=30, ge=0)
     max_query_cost: int = Field(default=10_000, ge=100)
+    # Comparisons of same-named fields that validation may make (see api/limits.py).
+    max_query_merge_checks: int = Field(default=10_000, ge=100)
     # Per worker and per pool: one for transactions, one for statements that commit alone.
     # No overflow by default: under sustained load an overflow connection is opened and closed
     # for nearly every request (a PostgreSQL backend forked each time), which cost the hot

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 
 import strawberry
 from graphql import GraphQLError, OperationDefinitionNode
-from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
-from strawberry.extensions import (
-    AddValidationRules,
-    MaskErrors,
-    MaxTokensLimiter,
-    ParserCache,
-    SchemaExtension,
-    ValidationCache,
-)
+from strawberry.extensions import MaskErrors, MaxTokensLimiter, ParserCache, SchemaExtension
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.name_converter import NameConverter
 from strawberry.types import ExecutionContext
@@ -24,10 +16,15 @@ from strawberry.utils.str_converters import to_camel_case
 
 from ticketing.api.context import Context
 from ticketing.api.errors import ErrorCode, request_error
-from ticketing.api.limits import limits_rule
 from ticketing.api.mutations import Mutation
 from ticketing.api.queries import Query
 from ticketing.api.types import Event, Reservation
+from ticketing.api.validation import (
+    DOCUMENT_CACHE_SIZE,
+    HideSuggestions,
+    ValidateWithinLimits,
+    validator_for,
+)
 from ticketing.db import DatabaseUnavailable
 from ticketing.settings import Settings
 
@@ -35,9 +32,6 @@ logger = logging.getLogger("ticketing.graphql")
 
 INTERNAL_ERROR_MESSAGE = "Internal server error."
 UNAVAILABLE_MESSAGE = "The service is briefly unavailable; nothing was changed. Retry shortly."
-# Parsed and validated documents kept per process, least recently used first out: a flood of
-# unique documents can't grow memory without bound.
-DOCUMENT_CACHE_SIZE = 1024
 
 
 def is_unexpected(error: GraphQLError) -> bool:
@@ -130,28 +124,23 @@ class TicketingSchema(strawberry.Schema):
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     """The schema with the limits and introspection policy of `settings` (defaults if None)."""
     settings = settings or Settings()
-    rules: list[type[ASTValidationRule]] = [
-        limits_rule(
-            max_depth=settings.max_query_depth,
-            max_aliases=settings.max_query_aliases,
-            max_cost=settings.max_query_cost,
-        )
+    validate_document = validator_for(settings)
+    extensions: list[Callable[[], SchemaExtension] | type[SchemaExtension]] = [
+        # Factories, as extensions hold per-request state; the caches they use are shared
+        # across requests. The token limit applies while parsing, before anything else.
+        lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
+        lambda: ParserCache(maxsize=DOCUMENT_CACHE_SIZE),
+        lambda: ValidateWithinLimits(validate_document),
+        RequireOperationName,
+        MaskUnexpectedErrors,
     ]
     if not settings.introspection_enabled:
-        rules.append(NoSchemaIntrospectionCustomRule)
+        # Suggestions in errors would reveal the names that introspection hides.
+        extensions.append(HideSuggestions)
     return TicketingSchema(
         query=Query,
         mutation=Mutation,
         types=[Event, Reservation],
         config=StrawberryConfig(name_converter=MemoizedNameConverter()),
-        extensions=[
-            # Factories, as extensions hold per-request state; the caches they use are shared
-            # across requests. The token limit applies while parsing, before anything else.
-            lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
-            lambda: ParserCache(maxsize=DOCUMENT_CACHE_SIZE),
-            lambda: AddValidationRules(rules),
-            lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
-            RequireOperationName,
-            MaskUnexpectedErrors,
-        ],
+        extensions=extensions,
     )
