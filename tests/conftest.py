@@ -148,6 +148,11 @@ def data(client: TestClient, query: str, variables: dict[str, Any] | None = None
     return body["data"]
 
 
+def history(reservation: dict[str, Any]) -> list[dict[str, Any]]:
+    """The history lines of a reservation asked for with `history { edges { node {...} } }`."""
+    return [edge["node"] for edge in reservation["history"]["edges"]]
+
+
 def insert_event(
     engine: Engine,
     *,

@@ -15,17 +15,19 @@ from tests.conftest import (
     auth,
     data,
     gql,
+    history,
     insert_event,
     invariant_violations,
     snapshot,
     start_event_now,
 )
+from ticketing.api.ids import key_of
 
 COMMON = """
     __typename
     ... on ReservationPayload {
         reservation { id quantity status cancelledAt customer
-                      history { kind quantity actor createdAt } }
+                      history { edges { node { kind quantity actor createdAt } } } }
         event { id ticketsAvailable }
     }
     ... on Error { message }
@@ -81,7 +83,7 @@ def test_create_reservation_takes_tickets_and_records_history(
     assert result["reservation"]["status"] == "ACTIVE"
     assert result["reservation"]["customer"] == "alice"
     assert result["event"] == {"id": event_id, "ticketsAvailable": 7}
-    assert [(c["kind"], c["quantity"], c["actor"]) for c in result["reservation"]["history"]] == [
+    assert [(c["kind"], c["quantity"], c["actor"]) for c in history(result["reservation"])] == [
         ("CREATED", 3, "alice")
     ]
     assert invariant_violations(engine) == []
@@ -96,7 +98,7 @@ def test_increase_and_decrease_move_tickets(client: TestClient, engine: Engine) 
     decreased = update(client, reservation_id, "DECREASE", 4)
     assert decreased["reservation"]["quantity"] == 3
     assert decreased["event"]["ticketsAvailable"] == 7
-    assert [(c["kind"], c["quantity"]) for c in decreased["reservation"]["history"]] == [
+    assert [(c["kind"], c["quantity"]) for c in history(decreased["reservation"])] == [
         ("CREATED", 2),
         ("INCREASED", 5),
         ("DECREASED", 4),
@@ -117,7 +119,7 @@ def test_cancel_releases_tickets_and_a_retry_returns_it_unchanged(
     again = cancel(client, reservation_id)
     assert again == cancelled
     assert snapshot(engine) == before
-    assert [c["kind"] for c in again["reservation"]["history"]] == ["CREATED", "CANCELLED"]
+    assert [c["kind"] for c in history(again["reservation"])] == ["CREATED", "CANCELLED"]
 
 
 def test_not_enough_tickets(client: TestClient, engine: Engine) -> None:
@@ -248,7 +250,7 @@ def test_someone_elses_reservation_is_not_found(client: TestClient, engine: Engi
     assert data(client, query, {"id": reservation_id}, headers=ORGANIZER)["reservation"]
     assert update(client, reservation_id, "INCREASE", 1, who="olivia")["__typename"] == "NotFound"
     cancelled = cancel(client, reservation_id, ORGANIZER)
-    assert cancelled["reservation"]["history"][-1]["actor"] == "olivia"
+    assert history(cancelled["reservation"])[-1]["actor"] == "olivia"
 
 
 def test_mutations_need_a_token(client: TestClient, engine: Engine) -> None:
@@ -338,3 +340,48 @@ def test_my_reservations_takes_the_same_few_statements_whatever_the_page_size(
         statements[size] = len(sent)
     # The page, its events (one query for all) and the total count.
     assert statements == {5: 3, 30: 3}
+
+
+def test_a_long_history_is_paged(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine, capacity=10)
+    reservation_id = create(client, event_id, 2)["reservation"]["id"]
+    with engine.begin() as connection:  # as 249 INCREASE/DECREASE requests would leave it
+        connection.execute(
+            sa.text(
+                "INSERT INTO reservation_change (reservation_id, kind, quantity, actor)"
+                " SELECT :id, 'INCREASED', n, 'alice' FROM generate_series(1, 249) AS n"
+            ),
+            {"id": key_of(reservation_id, "Reservation")},
+        )
+    query = """query($id: ID!, $first: Int, $after: String) { reservation(id: $id) {
+        history(first: $first, after: $after) { totalCount
+            edges { node { kind quantity } } pageInfo { hasNextPage endCursor } } } }"""
+    seen: list[tuple[str, int]] = []
+    after = None
+    for _ in range(3):
+        page = data(
+            client, query, {"id": reservation_id, "first": 100, "after": after}, headers=auth()
+        )["reservation"]["history"]
+        assert page["totalCount"] == 250
+        seen += [(edge["node"]["kind"], edge["node"]["quantity"]) for edge in page["edges"]]
+        after = page["pageInfo"]["endCursor"]
+    assert not page["pageInfo"]["hasNextPage"]
+    assert seen == [("CREATED", 2)] + [("INCREASED", n) for n in range(1, 250)]
+    default_page = data(client, query, {"id": reservation_id}, headers=auth())
+    assert len(default_page["reservation"]["history"]["edges"]) == 20
+    for bad in ({"first": 101}, {"first": 0}, {"after": "bm90IGEgY3Vyc29y"}):
+        body = gql(client, query, {"id": reservation_id, **bad}, headers=auth())
+        assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+def test_histories_count_against_the_cost_limit(client: TestClient, engine: Engine) -> None:
+    history_of_each = "history(first: 100) { edges { node { kind } } }"
+    body = gql(
+        client,
+        f"{{ myReservations(first: 100) {{ edges {{ node {{ {history_of_each} }} }} }} }}",
+        headers=auth(),
+    )
+    assert body["errors"][0]["extensions"]["limit"] == "cost"
+    aliased = " ".join(f"h{i}: {history_of_each}" for i in range(30))
+    body = gql(client, f"{{ myReservations {{ edges {{ node {{ {aliased} }} }} }} }}")
+    assert body["errors"][0]["extensions"]["limit"] == "cost"

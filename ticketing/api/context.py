@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import strawberry
 from graphql import GraphQLError
@@ -19,6 +20,17 @@ from ticketing.domain.booking import Actor
 from ticketing.domain.models import Event, Reservation, ReservationChange
 
 T = TypeVar("T")
+
+
+PagePosition = tuple[int | None, int]  # after which id, how many
+
+
+class HistoryPage(NamedTuple):
+    """Which changes of a reservation to load: up to `limit` after the change `after_id`."""
+
+    reservation_id: int
+    after_id: int | None
+    limit: int
 
 
 @dataclass
@@ -69,8 +81,12 @@ class Loaders:
         return DataLoader(self._load_reservations)
 
     @cached_property
-    def history(self) -> DataLoader[int, list[ReservationChange]]:
+    def history(self) -> DataLoader[HistoryPage, list[ReservationChange]]:
         return DataLoader(self._load_history)
+
+    @cached_property
+    def history_count(self) -> DataLoader[int, int]:
+        return DataLoader(self._count_history)
 
     def forget_all(self, *, fresh_event: Event) -> None:
         """After a mutation: what this request loaded before may be stale now (a request may
@@ -89,9 +105,28 @@ class Loaders:
         found = await self._db.run_autocommit(_bound(catalog.reservations_by_id, ids))
         return [found.get(key) for key in ids]
 
-    async def _load_history(self, ids: list[int]) -> list[list[ReservationChange]]:
-        found = await self._db.run_autocommit(_bound(catalog.history_of, ids))
-        return [found.get(key, []) for key in ids]
+    async def _load_history(self, pages: list[HistoryPage]) -> list[list[ReservationChange]]:
+        # One query per distinct page position and size: in practice one for the request.
+        by_position: dict[PagePosition, list[int]] = defaultdict(list)
+        for page in pages:
+            by_position[page.after_id, page.limit].append(page.reservation_id)
+
+        def load(
+            session: Session,
+        ) -> dict[tuple[int | None, int], dict[int, list[ReservationChange]]]:
+            return {
+                (after_id, limit): catalog.history_pages(
+                    session, ids, after_id=after_id, limit=limit
+                )
+                for (after_id, limit), ids in by_position.items()
+            }
+
+        found = await self._db.run_autocommit(load)
+        return [found[page.after_id, page.limit].get(page.reservation_id, []) for page in pages]
+
+    async def _count_history(self, ids: list[int]) -> list[int]:
+        found = await self._db.run_autocommit(_bound(catalog.count_history, ids))
+        return [found.get(key, 0) for key in ids]
 
 
 def _bound(query: Callable[[Session, list[int]], T], ids: list[int]) -> Callable[[Session], T]:

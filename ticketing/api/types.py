@@ -10,7 +10,7 @@ from typing import Annotated
 import strawberry
 from sqlmodel import Session
 
-from ticketing.api.context import Info
+from ticketing.api.context import HistoryPage, Info
 from ticketing.api.ids import to_global_id
 from ticketing.api.pagination import (
     DEFAULT_PAGE_SIZE,
@@ -180,10 +180,25 @@ class Reservation(Node):
             cancelled_at=reservation.cancelled_at,
         )
 
-    @strawberry.field(description="Every change made to the reservation, oldest first.")
-    async def history(self, info: Info) -> list[ReservationChange]:
-        changes = await info.context.loaders.history.load(self.key)
-        return [ReservationChange.from_model(change) for change in changes]
+    @strawberry.field(description="The changes made to the reservation, oldest first.")
+    async def history(
+        self, info: Info, first: First = DEFAULT_PAGE_SIZE, after: After = None
+    ) -> Connection[ReservationChange]:
+        size = page_size(first)
+        page = HistoryPage(self.key, _id_position(after) if after is not None else None, size + 1)
+        changes = await info.context.loaders.history.load(page)
+
+        async def count() -> int:
+            return await info.context.loaders.history_count.load(self.key)
+
+        return build_connection(
+            changes,
+            size,
+            to_node=ReservationChange.from_model,
+            position_of=lambda change: [change.id],
+            count=count,
+            after_given=after is not None,
+        )
 
 
 async def reservation_connection(
@@ -196,7 +211,7 @@ async def reservation_connection(
     event_id: int | None = None,
 ) -> Connection[Reservation]:
     size = page_size(first)
-    after_id = _reservation_position(after) if after is not None else None
+    after_id = _id_position(after) if after is not None else None
     wanted = models.ReservationStatus[status.name] if status else None
 
     def page_and_events(
@@ -244,9 +259,9 @@ def reservation_page(
     )
 
 
-def _reservation_position(cursor: str) -> int:
-    position = decode_cursor(cursor)
-    match position:
-        case [int() as reservation_id]:
-            return reservation_id
+def _id_position(cursor: str) -> int:
+    """The row id inside a cursor of a list ordered by id."""
+    match decode_cursor(cursor):
+        case [int() as row_id]:
+            return row_id
     raise invalid_cursor()

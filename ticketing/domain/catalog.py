@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import Mapped, aliased
 from sqlmodel import Session, col, select
 
 from ticketing.domain.models import (
@@ -121,19 +121,48 @@ def reservations_by_id(session: Session, ids: Sequence[int]) -> dict[int, Reserv
     return {r.id: r for r in reservations if r.id is not None}
 
 
-def history_of(
-    session: Session, reservation_ids: Sequence[int]
+def history_pages(
+    session: Session, reservation_ids: Sequence[int], *, after_id: int | None, limit: int
 ) -> dict[int, list[ReservationChange]]:
-    """Each reservation's changes, oldest first."""
+    """A page of each reservation's changes: at most `limit` after the change `after_id`,
+    oldest first, in one query for all the reservations."""
+    conditions: list[sa.ColumnElement[bool]] = [
+        col(ReservationChange.reservation_id).in_(reservation_ids)
+    ]
+    if after_id is not None:
+        conditions.append(col(ReservationChange.id) > after_id)
+    numbered = (
+        select(
+            ReservationChange,
+            sa.func.row_number()
+            .over(
+                partition_by=col(ReservationChange.reservation_id),
+                order_by=col(ReservationChange.id),
+            )
+            .label("position"),
+        )
+        .where(*conditions)
+        .subquery()
+    )
+    change = aliased(ReservationChange, numbered)
     changes = session.exec(
-        select(ReservationChange)
-        .where(col(ReservationChange.reservation_id).in_(reservation_ids))
-        .order_by(col(ReservationChange.reservation_id), col(ReservationChange.id))
+        select(change)
+        .where(numbered.c.position <= limit)
+        .order_by(numbered.c.reservation_id, numbered.c.id)
     ).all()
     by_reservation: dict[int, list[ReservationChange]] = defaultdict(list)
-    for change in changes:
-        by_reservation[change.reservation_id].append(change)
+    for found in changes:
+        by_reservation[found.reservation_id].append(found)
     return by_reservation
+
+
+def count_history(session: Session, reservation_ids: Sequence[int]) -> dict[int, int]:
+    counts = session.exec(
+        select(col(ReservationChange.reservation_id), sa.func.count())
+        .where(col(ReservationChange.reservation_id).in_(reservation_ids))
+        .group_by(col(ReservationChange.reservation_id))
+    ).all()
+    return {reservation_id: int(count) for reservation_id, count in counts}
 
 
 def _event_conditions(where: EventFilter) -> list[sa.ColumnElement[bool]]:
