@@ -11,8 +11,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from graphql import get_introspection_query, parse
 from pydantic import ValidationError
+from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 from strawberry.extensions import ParserCache
 
@@ -23,7 +25,7 @@ from tests.adversarial_documents import (
     same_short_list_flood,
     token_count,
 )
-from tests.conftest import JWT_SECRET, auth, gql, make_settings
+from tests.conftest import JWT_SECRET, ORGANIZER, auth, gql, insert_event, make_settings
 from ticketing.api.limits import DocumentLimits
 from ticketing.api.schema import build_schema
 from ticketing.api.validation import DOCUMENT_CACHE_SIZE, ValidateWithinLimits, validator_for
@@ -291,3 +293,35 @@ def test_production_errors_suggest_no_names(production: TestClient, client: Test
     [error] = gql(production, by_variable, {"where": {"serch": "x"}})["errors"]
     assert "search" not in error["message"]
     assert "'EventFilter' not to include unknown field 'serch'" in error["message"]
+
+
+def test_answers_larger_than_the_limit_are_refused(database_url: str, engine: Engine) -> None:
+    for number in range(10):
+        insert_event(engine, name=f"Show {number}")
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE event SET description = repeat('x', 10000)"))
+    settings = make_settings(database_url, max_response_bytes=50_000)
+    descriptions = "events { edges { node { description } } }"
+    with TestClient(create_app(settings)) as client:
+        aliased = " ".join(f"a{i}: {descriptions}" for i in range(3))
+        error = refused(client, f"{{ {aliased} }}", "responseBytes")
+        assert error["extensions"]["max"] == 50_000
+        assert "errors" not in gql(client, "{ events { edges { node { name } } } }")
+        # A mutation's answer is given whatever its size: its change is made.
+        created = gql(
+            client,
+            """mutation($input: CreateEventInput!) { createEvent(input: $input) {
+                ... on EventPayload { event { a: description b: description c: description
+                d: description e: description f: description } } } }""",
+            {
+                "input": {
+                    "name": "Long read",
+                    "venue": "Library",
+                    "startsAt": "2040-01-01T20:00:00Z",
+                    "capacity": 5,
+                    "description": "y" * 10_000,
+                }
+            },
+            headers=ORGANIZER,
+        )
+        assert len(created["data"]["createEvent"]["event"]["f"]) == 10_000

@@ -152,7 +152,13 @@ class GraphQLEndpoint:
         if params.registers_as is not None and result.data is not None:
             self.persisted_queries.remember(params.registers_as, params.query)
         shareable = may_share and not result.errors and _is_query(params)
-        return _result_answer(result, media_type, shareable=shareable)
+        answer = _result_answer(result, media_type, shareable=shareable)
+        limit = self.settings.max_response_bytes
+        # A mutation's answer is always given: its changes are made, and the client must
+        # learn what they were.
+        if len(answer.body) > limit and _is_query(params):
+            return _too_large_answer(len(answer.body), limit, media_type)
+        return answer
 
     def _wants_ide(self, request: Request) -> bool:
         return (
@@ -327,6 +333,21 @@ def _is_query(params: GraphQLParams) -> bool:
     """Whether the operation run is a query (parsed again: only when an answer may be kept)."""
     operation = get_operation_ast(parse(params.query), params.operation_name)
     return operation is not None and operation.operation is DocumentOperation.QUERY
+
+
+def _too_large_answer(size: int, limit: int, media_type: str) -> Answer:
+    """Like the limits checked before execution: no data, and the limit named."""
+    error = {
+        "message": f"The answer would be {size} bytes; the limit on responseBytes is {limit}. "
+        "Ask for fewer items or fields.",
+        "extensions": {
+            "code": ErrorCode.QUERY_LIMIT_EXCEEDED.value,
+            "limit": "responseBytes",
+            "max": limit,
+        },
+    }
+    status = 400 if media_type == GRAPHQL_RESPONSE_JSON else 200
+    return _json_answer({"errors": [error]}, status, media_type)
 
 
 def _error_answer(

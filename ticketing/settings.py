@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     max_query_cost: int = Field(default=10_000, ge=100)
     # Comparisons of same-named fields that validation may make (see api/limits.py).
     max_query_merge_checks: int = Field(default=10_000, ge=100)
+    max_response_bytes: int = Field(default=4_000_000, ge=10_000)
     # Per worker and per pool: one for transactions, one for statements that commit alone.
     # No overflow by default: under sustained load an overflow connection is opened and closed
     # for nearly every request (a PostgreSQL backend forked each time), which cost the hot
