@@ -209,7 +209,7 @@ CREATE_EVENT = """mutation($input: CreateEventInput!) { createEvent(input: $inpu
     ... on InvalidEvent { field message } } }"""
 UPDATE_EVENT = """mutation($input: UpdateEventInput!) { updateEvent(input: $input) {
     __typename ... on EventPayload { event { id name capacity ticketsAvailable
-        maxTicketsPerCustomer endsAt } }
+        maxTicketsPerCustomer startsAt endsAt } }
     ... on InvalidEvent { field message } ... on Error { message } } }"""
 CANCEL_EVENT = """mutation($id: ID!) { cancelEvent(input: {eventId: $id}) {
     __typename ... on EventPayload { event { status ticketsAvailable } } ... on Error { message }

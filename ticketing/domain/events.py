@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlmodel import Session, col
@@ -20,6 +20,7 @@ from ticketing.domain.models import (
     ReservationChange,
     ReservationStatus,
 )
+from ticketing.domain.times import to_utc
 
 MAX_NAME_LENGTH = 200
 MAX_DESCRIPTION_LENGTH = 10_000
@@ -190,19 +191,11 @@ def _validated(draft: EventDraft, *, now: datetime, starts_at_changed: bool) -> 
     venue = _valid_text("venue", draft.venue.strip(), MAX_NAME_LENGTH)
     _valid_text("description", draft.description, MAX_DESCRIPTION_LENGTH, required=False)
     horizon = now + timedelta(days=365 * MAX_YEARS_AHEAD)
-    for field_name in ("starts_at", "ends_at"):
-        moment = getattr(draft, field_name)
-        if moment is None:
-            continue
-        if moment.tzinfo is None:
-            raise InvalidEvent(field_name, "Times must carry a time zone.")
-        if moment > horizon:
-            raise InvalidEvent(
-                field_name, f"Times can be at most {MAX_YEARS_AHEAD} years in the future."
-            )
-    if starts_at_changed and draft.starts_at <= now:
+    starts_at = _valid_time("starts_at", draft.starts_at, horizon)
+    ends_at = None if draft.ends_at is None else _valid_time("ends_at", draft.ends_at, horizon)
+    if starts_at_changed and starts_at <= now:
         raise InvalidEvent("starts_at", "An event must start in the future.")
-    if draft.ends_at is not None and draft.ends_at <= draft.starts_at:
+    if ends_at is not None and ends_at <= starts_at:
         raise InvalidEvent("ends_at", "An event must end after it starts.")
     if draft.capacity < 0:
         raise InvalidEvent("capacity", "Capacity can't be negative.")
@@ -212,9 +205,21 @@ def _validated(draft: EventDraft, *, now: datetime, starts_at_changed: bool) -> 
         draft,
         name=name,
         venue=venue,
-        starts_at=draft.starts_at.astimezone(UTC),
-        ends_at=draft.ends_at.astimezone(UTC) if draft.ends_at else None,
+        starts_at=starts_at,
+        ends_at=ends_at,
     )
+
+
+def _valid_time(field_name: str, moment: datetime, horizon: datetime) -> datetime:
+    try:
+        moment = to_utc(moment)
+    except ValueError as error:
+        raise InvalidEvent(field_name, str(error)) from error
+    if moment > horizon:
+        raise InvalidEvent(
+            field_name, f"Times can be at most {MAX_YEARS_AHEAD} years in the future."
+        )
+    return moment
 
 
 def _valid_text(field_name: str, text: str, max_length: int, *, required: bool = True) -> str:
