@@ -131,7 +131,8 @@ def test_unencodable_or_deep_json_is_a_400_json_error(client: TestClient, body: 
 
 
 def signed(sub: object) -> dict[str, str]:
-    claims = {"sub": sub, "exp": datetime.now(UTC) + timedelta(hours=1)}
+    now = datetime.now(UTC)
+    claims = {"sub": sub, "iat": now, "exp": now + timedelta(hours=1)}
     return {"Authorization": f"Bearer {jwt.encode(claims, JWT_SECRET, algorithm='HS256')}"}
 
 
