@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 
@@ -25,6 +26,14 @@ from ticketing.domain.times import to_utc
 MAX_NAME_LENGTH = 200
 MAX_DESCRIPTION_LENGTH = 10_000
 MAX_YEARS_AHEAD = 50
+# Characters that event text can't hold: the C0 and C1 controls (NUL, which PostgreSQL text
+# can't store, terminal escapes, line breaks, ...), the Unicode line and paragraph separators,
+# and the bidirectional embeddings, overrides and isolates, which reorder the text after them
+# (Trojan Source, CVE-2021-42574). Bidi marks (LRM, RLM, ALM) and joiners stay allowed:
+# mixed-direction text and emoji sequences need them, and they reorder nothing.
+FORBIDDEN_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# A description may be laid out in lines, with tabs.
+DESCRIPTION_LAYOUT = "\n\t"
 
 
 class Keep(enum.Enum):
@@ -189,7 +198,13 @@ def _database_now(session: Session) -> datetime:
 def _validated(draft: EventDraft, *, now: datetime, starts_at_changed: bool) -> EventDraft:
     name = _valid_text("name", draft.name.strip(), MAX_NAME_LENGTH)
     venue = _valid_text("venue", draft.venue.strip(), MAX_NAME_LENGTH)
-    _valid_text("description", draft.description, MAX_DESCRIPTION_LENGTH, required=False)
+    _valid_text(
+        "description",
+        draft.description,
+        MAX_DESCRIPTION_LENGTH,
+        required=False,
+        allowed=DESCRIPTION_LAYOUT,
+    )
     horizon = now + timedelta(days=365 * MAX_YEARS_AHEAD)
     starts_at = _valid_time("starts_at", draft.starts_at, horizon)
     ends_at = None if draft.ends_at is None else _valid_time("ends_at", draft.ends_at, horizon)
@@ -222,13 +237,20 @@ def _valid_time(field_name: str, moment: datetime, horizon: datetime) -> datetim
     return moment
 
 
-def _valid_text(field_name: str, text: str, max_length: int, *, required: bool = True) -> str:
+def _valid_text(
+    field_name: str, text: str, max_length: int, *, required: bool = True, allowed: str = ""
+) -> str:
     label = field_name.capitalize()
     if required and not text:
         raise InvalidEvent(field_name, f"{label} can't be empty.")
     if len(text) > max_length:
         raise InvalidEvent(field_name, f"{label} can't be longer than {max_length} characters.")
-    if "\x00" in text:
-        # PostgreSQL text can't hold NUL characters.
-        raise InvalidEvent(field_name, f"{label} can't contain NUL characters.")
+    for forbidden in FORBIDDEN_CHARACTER.finditer(text):
+        if forbidden.group() not in allowed:
+            raise InvalidEvent(
+                field_name,
+                f"{label} can't contain U+{ord(forbidden.group()):04X}: control characters, "
+                "line separators and bidirectional overrides are refused"
+                + (" (newlines and tabs are allowed)." if allowed else "."),
+            )
     return text
