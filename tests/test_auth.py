@@ -16,8 +16,18 @@ from jwt.warnings import InsecureKeyLengthWarning
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.conftest import JWT_SECRET, ORGANIZER, auth, data, gql, insert_event, snapshot
+from tests.conftest import (
+    JWT_SECRET,
+    ORGANIZER,
+    auth,
+    data,
+    gql,
+    insert_event,
+    make_settings,
+    snapshot,
+)
 from ticketing import cli
+from ticketing.app import create_app
 from ticketing.settings import get_settings
 
 COUNT_EVENTS = "{ events { totalCount } }"
@@ -37,10 +47,14 @@ def claims(**overrides: Any) -> dict[str, Any]:
     }
     for name, value in overrides.items():
         if value is MISSING:
-            del made[name]
+            made.pop(name, None)
         else:
             made[name] = value
     return made
+
+
+def hours_from_now(hours: float) -> datetime:
+    return datetime.now(UTC) + timedelta(hours=hours)
 
 
 def sign(payload: dict[str, Any], secret: str = JWT_SECRET, algorithm: str = "HS256") -> str:
@@ -88,6 +102,14 @@ BAD_AUTHORIZATION = [
     ),
     pytest.param(bearer(sign(claims(exp=MISSING))), id="missing-exp"),
     pytest.param(bearer(sign(claims(sub=MISSING))), id="missing-sub"),
+    pytest.param(bearer(sign(claims(iat=MISSING))), id="missing-iat"),
+    pytest.param(bearer(sign(claims(iat="soon"))), id="non-numeric-iat"),
+    pytest.param(bearer(sign(claims(iat=hours_from_now(1)))), id="issued-in-the-future"),
+    pytest.param(
+        bearer(sign(claims(iat=hours_from_now(-1), exp=hours_from_now(24)))), id="lives-25h"
+    ),
+    pytest.param(bearer(sign(claims(iat="0"))), id="issued-in-1970-as-a-string"),
+    pytest.param(bearer(sign(claims(aud="ticketing"))), id="audience-none-is-set-for"),
     pytest.param(bearer(sign(claims(sub=None))), id="null-sub"),
     pytest.param(bearer(sign(claims(sub=42))), id="integer-sub"),
     pytest.param(bearer(sign(claims(sub=["alice"]))), id="list-sub"),
@@ -170,7 +192,6 @@ def test_bad_credentials_on_a_mutation_change_nothing(client: TestClient, engine
     [
         pytest.param(bearer(sign(claims())), id="crafted-like-the-refused-ones"),
         pytest.param(bearer(sign(claims(roles=MISSING))), id="without-roles"),
-        pytest.param(bearer(sign(claims(iat=MISSING))), id="without-iat"),
         pytest.param(f"bearer {sign(claims())}", id="lower-case-scheme"),
         pytest.param(f"BEARER {sign(claims())}", id="upper-case-scheme"),
     ],
@@ -336,3 +357,112 @@ def test_token_from_the_command_lets_an_organizer_create_an_event(
     result = data(client, query, variables, headers={"Authorization": bearer(printed)})
     assert result == {"createEvent": {"event": {"name": "Gala"}}}
     assert data(client, COUNT_EVENTS) == {"events": {"totalCount": 1}}
+
+
+# --- Issuer, audience and lifetime --------------------------------------------------------------
+
+ISSUER, AUDIENCE = "https://id.example.com", "ticketing-api"
+
+
+@pytest.fixture
+def strict_client(database_url: str, engine: Engine) -> Iterator[TestClient]:
+    """A service that wants its own issuer and audience, and tokens of at most an hour."""
+    settings = make_settings(
+        database_url, jwt_issuer=ISSUER, jwt_audience=AUDIENCE, jwt_max_lifetime_s=3600
+    )
+    with TestClient(create_app(settings)) as made:
+        yield made
+
+
+def strict_claims(**overrides: Any) -> dict[str, Any]:
+    return claims(**{"iss": ISSUER, "aud": AUDIENCE, **overrides})
+
+
+def sign_unchecked(payload: dict[str, Any]) -> str:
+    """Signed as given: PyJWT's encode refuses some malformed claims (an `iss` list)."""
+    numeric = {
+        name: int(value.timestamp()) if isinstance(value, datetime) else value
+        for name, value in payload.items()
+    }
+    return jwt.PyJWS().encode(json.dumps(numeric).encode(), JWT_SECRET, algorithm="HS256")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(claims(), id="no-iss-no-aud"),
+        pytest.param(strict_claims(iss=MISSING), id="missing-iss"),
+        pytest.param(strict_claims(aud=MISSING), id="missing-aud"),
+        pytest.param(strict_claims(iss="https://id.example.org"), id="other-iss"),
+        pytest.param(strict_claims(aud="other-api"), id="other-aud"),
+        pytest.param(strict_claims(aud=["other-api"]), id="other-aud-list"),
+        pytest.param(strict_claims(iss=[ISSUER]), id="iss-as-list"),
+        pytest.param(strict_claims(exp=hours_from_now(1.5)), id="lives-90-minutes"),
+        pytest.param(strict_claims(iat=MISSING), id="missing-iat"),
+    ],
+)
+def test_tokens_must_match_the_configured_issuer_audience_and_lifetime(
+    strict_client: TestClient, payload: dict[str, Any]
+) -> None:
+    body = gql(
+        strict_client,
+        COUNT_EVENTS,
+        headers={"Authorization": bearer(sign_unchecked(payload))},
+        expect_status=401,
+    )
+    assert "data" not in body
+    assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(strict_claims(), id="iss-and-aud"),
+        pytest.param(strict_claims(aud=["other-api", AUDIENCE]), id="aud-list-naming-us"),
+        pytest.param(strict_claims(exp=hours_from_now(0.99)), id="lives-just-under-an-hour"),
+    ],
+)
+def test_tokens_matching_issuer_audience_and_lifetime_are_accepted(
+    strict_client: TestClient, payload: dict[str, Any]
+) -> None:
+    result = data(strict_client, MY_RESERVATIONS, headers={"Authorization": bearer(sign(payload))})
+    assert result == {"myReservations": {"totalCount": 0}}
+
+
+def test_the_lifetime_refusal_names_the_maximum(client: TestClient) -> None:
+    too_long = sign(claims(exp=hours_from_now(24.1)))
+    body = gql(client, COUNT_EVENTS, headers={"Authorization": bearer(too_long)}, expect_status=401)
+    assert "86400 seconds" in body["errors"][0]["message"]
+    exactly_a_day = sign(claims(iat=hours_from_now(-1), exp=hours_from_now(23)))
+    assert data(client, COUNT_EVENTS, headers={"Authorization": bearer(exactly_a_day)})
+
+
+@pytest.mark.usefixtures("settings_cache")
+def test_token_command_mints_tokens_with_the_configured_issuer_and_audience(
+    strict_client: TestClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in (
+        ("SECRET", JWT_SECRET),
+        ("ISSUER", ISSUER),
+        ("AUDIENCE", AUDIENCE),
+        ("MAX_LIFETIME_S", "3600"),
+    ):
+        monkeypatch.setenv(f"TICKETING_JWT_{name}", value)
+    assert cli.main(["token", "--subject", "zoe", "--hours", "1"]) == 0
+    printed = capsys.readouterr().out.strip()
+    decoded = jwt.decode(printed, JWT_SECRET, algorithms=["HS256"], audience=AUDIENCE)
+    assert (decoded["iss"], decoded["aud"]) == (ISSUER, AUDIENCE)
+    result = data(strict_client, MY_RESERVATIONS, headers={"Authorization": bearer(printed)})
+    assert result == {"myReservations": {"totalCount": 0}}
+
+
+@pytest.mark.usefixtures("settings_cache")
+@pytest.mark.parametrize("hours", ["24.01", "0", "-1"])
+def test_token_command_refuses_lifetimes_the_service_would_refuse(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], hours: str
+) -> None:
+    monkeypatch.setenv("TICKETING_JWT_SECRET", JWT_SECRET)
+    assert cli.main(["token", "--subject", "zoe", "--hours", hours]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert "at most 24" in printed.err

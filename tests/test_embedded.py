@@ -14,13 +14,20 @@ QUERY = {"query": "{ events(first: 50) { totalCount } }"}
 
 
 def test_serve_without_database_url_runs_on_an_embedded_database(tmp_path: Path) -> None:
-    env = {"TICKETING_DATA_DIR": str(tmp_path / "data")}
+    env = {
+        "TICKETING_DATA_DIR": str(tmp_path / "data"),
+        # The demo token must meet the token rules in force.
+        "TICKETING_JWT_ISSUER": "https://id.example.com",
+        "TICKETING_JWT_AUDIENCE": "ticketing-api",
+        "TICKETING_JWT_MAX_LIFETIME_S": "3600",
+    }
     with serve(env, cwd=tmp_path, log_dir=tmp_path) as running:
         events = httpx.post(f"{running.url}/graphql", json=QUERY).json()
         assert events == {"data": {"events": {"totalCount": len(DEMO_EVENTS)}}}
         printed = running.output()
         assert f"Loaded {len(DEMO_EVENTS)} demo events" in printed
         assert f"{running.url.replace('127.0.0.1', 'localhost')}/graphql" in printed
+        assert "Demo token (1 h)" in printed
         token = re.search(r"Bearer ([\w.-]+)", printed)
         assert token, printed
         mine = httpx.post(

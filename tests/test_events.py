@@ -210,7 +210,7 @@ CREATE_EVENT = """mutation($input: CreateEventInput!) { createEvent(input: $inpu
     ... on InvalidEvent { field message } } }"""
 UPDATE_EVENT = """mutation($input: UpdateEventInput!) { updateEvent(input: $input) {
     __typename ... on EventPayload { event { id name capacity ticketsAvailable
-        maxTicketsPerCustomer endsAt } }
+        maxTicketsPerCustomer startsAt endsAt } }
     ... on InvalidEvent { field message } ... on Error { message } } }"""
 CANCEL_EVENT = """mutation($id: ID!) { cancelEvent(input: {eventId: $id}) {
     __typename ... on EventPayload { event { status ticketsAvailable } } ... on Error { message }
@@ -264,6 +264,76 @@ def test_invalid_event_input(
     assert refused["__typename"] == "InvalidEvent"
     assert refused["field"] == field
     assert snapshot(engine) == before
+
+
+# Characters that could break a log line or a terminal, or make text read differently from
+# how it is stored.
+LINE_AND_TERMINAL_CONTROLS = {
+    "newline": "\n",
+    "carriage-return": "\r",
+    "tab": "\t",
+    "ansi-escape": "\x1b[31m",
+    "delete": "\x7f",
+    "c1-next-line": "\x85",
+    "line-separator": "\u2028",
+    "paragraph-separator": "\u2029",
+}
+BIDI_CONTROLS = {
+    "right-to-left-override": "\u202e",
+    "left-to-right-embedding": "\u202a",
+    "pop-directional-formatting": "\u202c",
+    "right-to-left-isolate": "\u2067",
+    "pop-directional-isolate": "\u2069",
+}
+REFUSED_TEXT = [
+    *(
+        pytest.param(field, f"Gala{text}Night", id=f"{field}-{name}")
+        for field in ("name", "venue")
+        for name, text in {**LINE_AND_TERMINAL_CONTROLS, **BIDI_CONTROLS}.items()
+    ),
+    *(
+        pytest.param("description", f"Doors open{text}at eight", id=f"description-{name}")
+        for name, text in {**LINE_AND_TERMINAL_CONTROLS, **BIDI_CONTROLS}.items()
+        if text not in ("\n", "\t")
+    ),
+]
+
+
+@pytest.mark.parametrize(("field", "text"), REFUSED_TEXT)
+def test_control_characters_in_event_text_are_invalid_event(
+    client: TestClient, engine: Engine, field: str, text: str
+) -> None:
+    event_id = insert_event(engine)
+    before = snapshot(engine)
+    created = data(client, CREATE_EVENT, {"input": new_event(**{field: text})}, headers=ORGANIZER)
+    updated = data(
+        client, UPDATE_EVENT, {"input": {"eventId": event_id, field: text}}, headers=ORGANIZER
+    )
+    for refused in (created["createEvent"], updated["updateEvent"]):
+        assert (refused["__typename"], refused["field"]) == ("InvalidEvent", field)
+        assert "U+" in refused["message"]
+    assert snapshot(engine) == before
+
+
+def test_event_text_keeps_what_real_text_needs(client: TestClient, engine: Engine) -> None:
+    """Newlines and tabs in a description; in every field, the bidi marks and joiners that
+    mixed-direction text and emoji sequences need."""
+    texts = {
+        "name": "Fado \u200fليلة\u200f night \U0001f469\u200d\U0001f3a4",
+        "venue": "Café \u05d1\u05d9\u05ea\u200e 5",
+        "description": "Doors open at eight.\n\n\tBring a friend.",
+    }
+    created = data(client, CREATE_EVENT, {"input": new_event(**texts)}, headers=ORGANIZER)
+    event_id = created["createEvent"]["event"]["id"]
+    query = "query($id: ID!) { event(id: $id) { name venue description } }"
+    assert data(client, query, {"id": event_id})["event"] == texts
+    updated = data(
+        client,
+        UPDATE_EVENT,
+        {"input": {"eventId": event_id, "description": "Sold out.\nSee you there."}},
+        headers=ORGANIZER,
+    )
+    assert updated["updateEvent"]["__typename"] == "EventPayload"
 
 
 def test_update_event_moves_availability_with_capacity(client: TestClient, engine: Engine) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import jwt
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
@@ -25,6 +26,7 @@ from tests.conftest import (
     start_event_now,
 )
 from tests.test_events import CREATE_EVENT, EVENTS, UPDATE_EVENT, new_event
+from ticketing.api.ids import key_of
 
 NUL = "\x00"
 
@@ -130,7 +132,8 @@ def test_unencodable_or_deep_json_is_a_400_json_error(client: TestClient, body: 
 
 
 def signed(sub: object) -> dict[str, str]:
-    claims = {"sub": sub, "exp": datetime.now(UTC) + timedelta(hours=1)}
+    now = datetime.now(UTC)
+    claims = {"sub": sub, "iat": now, "exp": now + timedelta(hours=1)}
     return {"Authorization": f"Bearer {jwt.encode(claims, JWT_SECRET, algorithm='HS256')}"}
 
 
@@ -193,3 +196,126 @@ def test_a_started_event_cannot_be_edited(client: TestClient, engine: Engine) ->
         )["updateEvent"]
         assert result["__typename"] == "EventStarted"
     assert snapshot(engine) == before
+
+
+# --- Times with every offset ------------------------------------------------------------------
+
+# A grid over every offset a client can write, with the edges drawn by PostgreSQL (±15:59) and
+# Python (±23:59); ±24:00 can't even be parsed.
+OFFSET_MINUTES = sorted(
+    {*range(-(24 * 60 - 1), 24 * 60, 97), 0, 20 * 60}
+    | {sign * edge for sign in (1, -1) for edge in (15 * 60 + 59, 16 * 60, 23 * 60 + 59)}
+)
+FIRST_MOMENT, LAST_MOMENT = "0001-01-01T00:00:00", "9999-12-31T23:59:59"
+
+
+def offset_text(minutes: int) -> str:
+    return f"{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02}:{abs(minutes) % 60:02}"
+
+
+def written_with_offset(moment: datetime, minutes: int) -> str:
+    local = moment.astimezone(timezone(timedelta(minutes=minutes))).replace(tzinfo=None)
+    return local.isoformat() + offset_text(minutes)
+
+
+def beyond_python(local: str, minutes: int) -> bool:
+    """Whether the time lies before year 1 or after 9999 once brought to UTC."""
+    return (local == FIRST_MOMENT and minutes > 0) or (local == LAST_MOMENT and minutes < 0)
+
+
+def event_reads(when: str) -> list[dict[str, Any]]:
+    """The variables of every `events` read that takes a time: both filters, and cursors of
+    both time orders."""
+    return [
+        {"filter": {"startsAfter": when}},
+        {"filter": {"startsBefore": when}},
+        {"orderBy": "STARTS_AT_ASC", "after": cursor(["STARTS_AT_ASC", when, 1])},
+        {"orderBy": "STARTS_AT_DESC", "after": cursor(["STARTS_AT_DESC", when, 1])},
+    ]
+
+
+def starts_at_in_database(engine: Engine, event_id: str) -> datetime:
+    with engine.connect() as connection:
+        starts_at: datetime = connection.scalar(
+            sa.text("SELECT starts_at FROM event WHERE id = :id"), {"id": key_of(event_id, "Event")}
+        )
+    return starts_at
+
+
+def test_event_reads_take_every_offset_and_refuse_unrepresentable_times(
+    client: TestClient, engine: Engine
+) -> None:
+    event_id = insert_event(engine, name="Gala")
+    starts_at = starts_at_in_database(engine, event_id)
+    refused: list[str] = []
+    for minutes in OFFSET_MINUTES:
+        for local in (FIRST_MOMENT, LAST_MOMENT):
+            when = local + offset_text(minutes)
+            for variables in event_reads(when):
+                body = gql(client, EVENTS, variables)
+                if beyond_python(local, minutes):
+                    assert body["data"] is None, (variables, body)
+                    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+                    refused.append(when)
+                else:
+                    assert "errors" not in body, (variables, body)
+        # The same instant written with any offset selects the same events.
+        just_before = written_with_offset(starts_at - timedelta(seconds=1), minutes)
+        at_start = written_with_offset(starts_at, minutes)
+        listed = data(client, EVENTS, {"filter": {"startsAfter": just_before}})["events"]
+        assert [edge["node"]["name"] for edge in listed["edges"]] == ["Gala"], just_before
+        assert data(client, EVENTS, {"filter": {"startsAfter": at_start}})["events"]["edges"] == []
+        after_cursor = cursor(["STARTS_AT_DESC", written_with_offset(starts_at, minutes), 2])
+        listed = data(client, EVENTS, {"orderBy": "STARTS_AT_DESC", "after": after_cursor})
+        assert [edge["node"]["name"] for edge in listed["events"]["edges"]] == ["Gala"]
+    assert len(refused) == 4 * sum(1 for minutes in OFFSET_MINUTES if minutes != 0)
+
+
+@pytest.mark.parametrize("when", ["2030-01-01T00:00:00+24:00", "2030-01-01T00:00:00-24:00"])
+def test_offsets_of_a_day_or_more_are_bad_user_input_everywhere(
+    client: TestClient, engine: Engine, when: str
+) -> None:
+    event_id = insert_event(engine)
+    before = snapshot(engine)
+    for variables in event_reads(when):
+        body = gql(client, EVENTS, variables)
+        assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", variables
+    for field in ("startsAt", "endsAt"):
+        for query, given in (
+            (CREATE_EVENT, new_event(**{field: when})),
+            (UPDATE_EVENT, {"eventId": event_id, field: when}),
+        ):
+            body = gql(client, query, {"input": given}, headers=ORGANIZER)
+            assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", (field, body)
+    assert snapshot(engine) == before
+
+
+def test_event_times_take_every_offset_and_refuse_unrepresentable_ones(
+    client: TestClient, engine: Engine
+) -> None:
+    event_id = insert_event(engine)
+    before = snapshot(engine)
+    for minutes in OFFSET_MINUTES:
+        for local in (FIRST_MOMENT, LAST_MOMENT):
+            when = local + offset_text(minutes)
+            for field in ("startsAt", "endsAt"):
+                for mutation, query, given in (
+                    ("createEvent", CREATE_EVENT, new_event(**{field: when})),
+                    ("updateEvent", UPDATE_EVENT, {"eventId": event_id, field: when}),
+                ):
+                    refused = data(client, query, {"input": given}, headers=ORGANIZER)[mutation]
+                    assert (refused["__typename"], refused["field"]) == ("InvalidEvent", field)
+    assert snapshot(engine) == before
+    soon = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
+    for minutes in OFFSET_MINUTES:
+        when = written_with_offset(soon, minutes)
+        created = data(client, CREATE_EVENT, {"input": new_event(startsAt=when)}, headers=ORGANIZER)
+        assert datetime.fromisoformat(created["createEvent"]["event"]["startsAt"]) == soon, when
+        updated = data(
+            client,
+            UPDATE_EVENT,
+            {"input": {"eventId": event_id, "startsAt": when}},
+            headers=ORGANIZER,
+        )
+        assert datetime.fromisoformat(updated["updateEvent"]["event"]["startsAt"]) == soon, when
+        assert starts_at_in_database(engine, event_id) == soon

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import jwt
 
 from ticketing.domain.booking import Actor
+from ticketing.settings import Settings
 
 ALGORITHM = "HS256"
 ORGANIZER_ROLE = "organizer"
@@ -18,7 +21,49 @@ class AuthenticationError(Exception):
     to anonymous."""
 
 
-def authenticate(authorization: str | None, secret: str) -> Actor | None:
+class LifetimeTooLong(jwt.InvalidTokenError):
+    """The token's `exp` lies further from its `iat` than the maximum lifetime allows."""
+
+
+@dataclass(frozen=True)
+class TokenRules:
+    """What a token must satisfy besides its signature: `exp`, `sub` and `iat`, a lifetime
+    (`exp - iat`) within the maximum, and the `iss` and `aud` set, if any."""
+
+    secret: str
+    max_lifetime: timedelta
+    issuer: str | None = None
+    audience: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenRules:
+        return cls(
+            secret=settings.jwt_secret.get_secret_value(),
+            max_lifetime=timedelta(seconds=settings.jwt_max_lifetime_s),
+            issuer=settings.jwt_issuer or None,
+            audience=settings.jwt_audience or None,
+        )
+
+    def verified_claims(self, token: str) -> dict[str, Any]:
+        """The token's claims; a jwt.InvalidTokenError when any rule is broken."""
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            self.secret,
+            algorithms=[ALGORITHM],
+            issuer=self.issuer,
+            audience=self.audience,
+            options={"require": ["exp", "iat", "sub"]},
+        )
+        # PyJWT has checked that both convert to integers.
+        if int(claims["exp"]) - int(claims["iat"]) > self.max_lifetime.total_seconds():
+            raise LifetimeTooLong(
+                f"The token's lifetime (exp - iat) exceeds the maximum of "
+                f"{self.max_lifetime.total_seconds():g} seconds."
+            )
+        return claims
+
+
+def authenticate(authorization: str | None, rules: TokenRules) -> Actor | None:
     """The actor behind an `Authorization` header value; None when there is no header."""
     if authorization is None:
         return None
@@ -27,11 +72,11 @@ def authenticate(authorization: str | None, secret: str) -> Actor | None:
     if scheme.lower() != "bearer" or not token:
         raise AuthenticationError("The Authorization header must be 'Bearer <token>'.")
     try:
-        claims = jwt.decode(
-            token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub"]}
-        )
+        claims = rules.verified_claims(token)
     except jwt.ExpiredSignatureError as error:
         raise AuthenticationError("The token has expired.") from error
+    except LifetimeTooLong as error:
+        raise AuthenticationError(str(error)) from error
     except jwt.InvalidTokenError as error:
         raise AuthenticationError("The token is invalid.") from error
     subject, roles = claims["sub"], claims.get("roles", [])
@@ -54,7 +99,16 @@ def _is_customer_id(subject: object) -> bool:
     )
 
 
-def mint_token(secret: str, subject: str, *, roles: list[str] | None = None, ttl: timedelta) -> str:
+def mint_token(
+    secret: str,
+    subject: str,
+    *,
+    roles: list[str] | None = None,
+    ttl: timedelta,
+    issuer: str | None = None,
+    audience: str | None = None,
+) -> str:
     now = datetime.now(UTC)
     claims = {"sub": subject, "roles": roles or [], "iat": now, "exp": now + ttl}
+    claims |= {name: value for name, value in (("iss", issuer), ("aud", audience)) if value}
     return jwt.encode(claims, secret, algorithm=ALGORITHM)

@@ -108,8 +108,9 @@ def _serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-        demo = mint_token(DEVELOPMENT_JWT_SECRET, "demo-customer", ttl=timedelta(hours=24))
-        print(f'Demo token (24 h): {{"Authorization": "Bearer {demo}"}}', flush=True)
+        ttl = min(timedelta(hours=24), timedelta(seconds=settings.jwt_max_lifetime_s))
+        demo = _mint(settings, "demo-customer", [], ttl)
+        print(f'Demo token ({_hours(ttl)} h): {{"Authorization": "Bearer {demo}"}}', flush=True)
     # uvicorn re-raises SIGTERM once it has shut down gracefully; exiting normally instead
     # lets exit handlers run, and one of them stops the embedded PostgreSQL.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
@@ -163,7 +164,32 @@ def _export_schema(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
+    settings = get_settings()
     roles = [ORGANIZER_ROLE] if args.organizer else []
-    secret = get_settings().jwt_secret.get_secret_value()
-    print(mint_token(secret, args.subject, roles=roles, ttl=timedelta(hours=args.hours)))
+    ttl = timedelta(hours=args.hours)
+    longest = timedelta(seconds=settings.jwt_max_lifetime_s)
+    if not timedelta(0) < ttl <= longest:
+        print(
+            f"--hours must be more than 0 and at most {_hours(longest)}, the longest lifetime "
+            "the service accepts (TICKETING_JWT_MAX_LIFETIME_S).",
+            file=sys.stderr,
+        )
+        return 2
+    print(_mint(settings, args.subject, roles, ttl))
     return 0
+
+
+def _mint(settings: Settings, subject: str, roles: list[str], ttl: timedelta) -> str:
+    """A token this service accepts: signed with its secret, with its `iss` and `aud`."""
+    return mint_token(
+        settings.jwt_secret.get_secret_value(),
+        subject,
+        roles=roles,
+        ttl=ttl,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
+
+
+def _hours(span: timedelta) -> str:
+    return f"{span / timedelta(hours=1):g}"

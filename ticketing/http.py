@@ -25,7 +25,7 @@ from strawberry.types.graphql import OperationType
 from ticketing.answer_cache import REQUEST_ID_HEADER, Answer, AnswerCache
 from ticketing.api.context import Context
 from ticketing.api.errors import ErrorCode
-from ticketing.auth import AuthenticationError, authenticate
+from ticketing.auth import AuthenticationError, TokenRules, authenticate
 from ticketing.db import Database
 from ticketing.persisted_queries import (
     InvalidPersistedQuery,
@@ -59,6 +59,7 @@ class GraphQLParams:
 class GraphQLEndpoint:
     def __init__(self, schema: Any, db: Database, settings: Settings) -> None:
         self.schema, self.db, self.settings = schema, db, settings
+        self.token_rules = TokenRules.from_settings(settings)
         self.persisted_queries = PersistedQueries()
         ttl_s = settings.answer_cache_ttl_ms / 1000
         self.answers = AnswerCache(ttl_s, settings.answer_cache_entries) if ttl_s else None
@@ -83,9 +84,7 @@ class GraphQLEndpoint:
             media_type = _negotiate(request.headers.get("accept"))
             raw = await _read_params(request, self.settings.max_body_bytes)
             params = _params_from(raw, self.persisted_queries)
-            viewer = authenticate(
-                request.headers.get("authorization"), self.settings.jwt_secret.get_secret_value()
-            )
+            viewer = authenticate(request.headers.get("authorization"), self.token_rules)
         except RequestError as error:
             return _error_answer(
                 error.status, error.message, ErrorCode.BAD_REQUEST, media_type, error.headers

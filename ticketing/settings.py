@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     data_dir: Path = Path(".ticketing")
     jwt_secret: SecretStr = SecretStr(DEVELOPMENT_JWT_SECRET)
+    # When set, tokens must carry this `iss` / `aud` (empty means unset).
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    # Tokens must carry `iat`, and live (exp - iat) at most this long.
+    jwt_max_lifetime_s: int = Field(default=24 * 3600, ge=60)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)

@@ -88,13 +88,20 @@ class CancelReservationInput:
 
 @strawberry.input(description="A new event. Organizers only.")
 class CreateEventInput:
-    name: str = strawberry.field(description="The event's name (1 to 200 characters).")
-    venue: str = strawberry.field(description="Where it takes place (1 to 200 characters).")
+    name: str = strawberry.field(
+        description="The event's name: 1 to 200 characters on one line, without control "
+        "characters or bidirectional overrides."
+    )
+    venue: str = strawberry.field(description="Where it takes place; the same rules as `name`.")
     starts_at: datetime = strawberry.field(
         description="When it starts, with a time zone; must be in the future."
     )
     capacity: int = strawberry.field(description="The total number of tickets; 0 or more.")
-    description: str = strawberry.field(default="", description="A longer text about the event.")
+    description: str = strawberry.field(
+        default="",
+        description="A longer text about the event, up to 10,000 characters. Newlines and tabs "
+        "are allowed; other control characters and bidirectional overrides are not.",
+    )
     ends_at: datetime | None = strawberry.field(
         default=None, description="When it ends, after `startsAt`; null if unknown."
     )

@@ -29,6 +29,7 @@ from ticketing.api.types import (
     reservation_connection,
 )
 from ticketing.domain import catalog
+from ticketing.domain.times import to_utc
 
 MAX_SEARCH_LENGTH = 200
 
@@ -59,12 +60,6 @@ class EventFilter:
     )
 
     def to_domain(self) -> catalog.EventFilter:
-        for name, moment in (
-            ("startsAfter", self.starts_after),
-            ("startsBefore", self.starts_before),
-        ):
-            if moment is not None and moment.tzinfo is None:
-                raise request_error(ErrorCode.BAD_USER_INPUT, f"`{name}` needs a time zone.")
         if self.search is not None and (
             len(self.search) > MAX_SEARCH_LENGTH or "\x00" in self.search
         ):
@@ -73,11 +68,18 @@ class EventFilter:
                 f"`search` must be at most {MAX_SEARCH_LENGTH} characters, without NUL.",
             )
         return catalog.EventFilter(
-            starts_after=self.starts_after,
-            starts_before=self.starts_before,
+            starts_after=_filter_time("startsAfter", self.starts_after),
+            starts_before=_filter_time("startsBefore", self.starts_before),
             search=self.search,
             available_only=self.available_only,
         )
+
+
+def _filter_time(name: str, moment: datetime | None) -> datetime | None:
+    try:
+        return None if moment is None else to_utc(moment)
+    except ValueError as error:
+        raise request_error(ErrorCode.BAD_USER_INPUT, f"`{name}`: {error}") from error
 
 
 @strawberry.type(description="Read the catalogue of events and your reservations.")
@@ -204,7 +206,7 @@ def _event_position(cursor: str, order: catalog.EventOrder) -> catalog.SortKey:
             if order is catalog.EventOrder.NAME_ASC:
                 return (value, row_id)
             try:
-                return (datetime.fromisoformat(value), row_id)
+                return (to_utc(datetime.fromisoformat(value)), row_id)
             except ValueError:
                 pass
     raise invalid_cursor()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlmodel import Session, col
@@ -20,10 +21,19 @@ from ticketing.domain.models import (
     ReservationChange,
     ReservationStatus,
 )
+from ticketing.domain.times import to_utc
 
 MAX_NAME_LENGTH = 200
 MAX_DESCRIPTION_LENGTH = 10_000
 MAX_YEARS_AHEAD = 50
+# Characters that event text can't hold: the C0 and C1 controls (NUL, which PostgreSQL text
+# can't store, terminal escapes, line breaks, ...), the Unicode line and paragraph separators,
+# and the bidirectional embeddings, overrides and isolates, which reorder the text after them
+# (Trojan Source, CVE-2021-42574). Bidi marks (LRM, RLM, ALM) and joiners stay allowed:
+# mixed-direction text and emoji sequences need them, and they reorder nothing.
+FORBIDDEN_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# A description may be laid out in lines, with tabs.
+DESCRIPTION_LAYOUT = "\n\t"
 
 
 class Keep(enum.Enum):
@@ -188,21 +198,19 @@ def _database_now(session: Session) -> datetime:
 def _validated(draft: EventDraft, *, now: datetime, starts_at_changed: bool) -> EventDraft:
     name = _valid_text("name", draft.name.strip(), MAX_NAME_LENGTH)
     venue = _valid_text("venue", draft.venue.strip(), MAX_NAME_LENGTH)
-    _valid_text("description", draft.description, MAX_DESCRIPTION_LENGTH, required=False)
+    _valid_text(
+        "description",
+        draft.description,
+        MAX_DESCRIPTION_LENGTH,
+        required=False,
+        allowed=DESCRIPTION_LAYOUT,
+    )
     horizon = now + timedelta(days=365 * MAX_YEARS_AHEAD)
-    for field_name in ("starts_at", "ends_at"):
-        moment = getattr(draft, field_name)
-        if moment is None:
-            continue
-        if moment.tzinfo is None:
-            raise InvalidEvent(field_name, "Times must carry a time zone.")
-        if moment > horizon:
-            raise InvalidEvent(
-                field_name, f"Times can be at most {MAX_YEARS_AHEAD} years in the future."
-            )
-    if starts_at_changed and draft.starts_at <= now:
+    starts_at = _valid_time("starts_at", draft.starts_at, horizon)
+    ends_at = None if draft.ends_at is None else _valid_time("ends_at", draft.ends_at, horizon)
+    if starts_at_changed and starts_at <= now:
         raise InvalidEvent("starts_at", "An event must start in the future.")
-    if draft.ends_at is not None and draft.ends_at <= draft.starts_at:
+    if ends_at is not None and ends_at <= starts_at:
         raise InvalidEvent("ends_at", "An event must end after it starts.")
     if draft.capacity < 0:
         raise InvalidEvent("capacity", "Capacity can't be negative.")
@@ -212,18 +220,37 @@ def _validated(draft: EventDraft, *, now: datetime, starts_at_changed: bool) -> 
         draft,
         name=name,
         venue=venue,
-        starts_at=draft.starts_at.astimezone(UTC),
-        ends_at=draft.ends_at.astimezone(UTC) if draft.ends_at else None,
+        starts_at=starts_at,
+        ends_at=ends_at,
     )
 
 
-def _valid_text(field_name: str, text: str, max_length: int, *, required: bool = True) -> str:
+def _valid_time(field_name: str, moment: datetime, horizon: datetime) -> datetime:
+    try:
+        moment = to_utc(moment)
+    except ValueError as error:
+        raise InvalidEvent(field_name, str(error)) from error
+    if moment > horizon:
+        raise InvalidEvent(
+            field_name, f"Times can be at most {MAX_YEARS_AHEAD} years in the future."
+        )
+    return moment
+
+
+def _valid_text(
+    field_name: str, text: str, max_length: int, *, required: bool = True, allowed: str = ""
+) -> str:
     label = field_name.capitalize()
     if required and not text:
         raise InvalidEvent(field_name, f"{label} can't be empty.")
     if len(text) > max_length:
         raise InvalidEvent(field_name, f"{label} can't be longer than {max_length} characters.")
-    if "\x00" in text:
-        # PostgreSQL text can't hold NUL characters.
-        raise InvalidEvent(field_name, f"{label} can't contain NUL characters.")
+    for forbidden in FORBIDDEN_CHARACTER.finditer(text):
+        if forbidden.group() not in allowed:
+            raise InvalidEvent(
+                field_name,
+                f"{label} can't contain U+{ord(forbidden.group()):04X}: control characters, "
+                "line separators and bidirectional overrides are refused"
+                + (" (newlines and tabs are allowed)." if allowed else "."),
+            )
     return text
