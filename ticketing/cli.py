@@ -14,8 +14,9 @@ import uvicorn
 from pydantic import ValidationError
 
 from ticketing import migrations
-from ticketing.auth import ORGANIZER_ROLE, mint_token
+from ticketing.auth import ADMIN_ROLE, ORGANIZER_ROLE, mint_token
 from ticketing.db import create_db_engine
+from ticketing.seed import DEMO_ORGANIZER
 from ticketing.settings import DEVELOPMENT_JWT_SECRET, Settings, get_settings
 
 
@@ -61,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="mint a bearer token for local use")
     token.add_argument("--subject", default="demo-customer", help="the customer id (sub)")
     token.add_argument("--organizer", action="store_true", help="grant the organizer role")
+    token.add_argument(
+        "--admin", action="store_true", help="grant the admin role (manages every event)"
+    )
     token.add_argument("--hours", type=float, default=24.0, help="lifetime in hours")
     token.set_defaults(run=_token)
     return parser
@@ -110,6 +114,17 @@ def _serve(args: argparse.Namespace) -> int:
             )
         demo = mint_token(DEVELOPMENT_JWT_SECRET, "demo-customer", ttl=timedelta(hours=24))
         print(f'Demo token (24 h): {{"Authorization": "Bearer {demo}"}}', flush=True)
+        organizer = mint_token(
+            DEVELOPMENT_JWT_SECRET,
+            DEMO_ORGANIZER,
+            roles=[ORGANIZER_ROLE],
+            ttl=timedelta(hours=24),
+        )
+        print(
+            "Demo organizer token (24 h; it manages the seeded events): "
+            f'{{"Authorization": "Bearer {organizer}"}}',
+            flush=True,
+        )
     # uvicorn re-raises SIGTERM once it has shut down gracefully; exiting normally instead
     # lets exit handlers run, and one of them stops the embedded PostgreSQL.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
@@ -163,7 +178,11 @@ def _export_schema(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    roles = [ORGANIZER_ROLE] if args.organizer else []
+    roles = [
+        role
+        for role, wanted in ((ORGANIZER_ROLE, args.organizer), (ADMIN_ROLE, args.admin))
+        if wanted
+    ]
     secret = get_settings().jwt_secret.get_secret_value()
     print(mint_token(secret, args.subject, roles=roles, ttl=timedelta(hours=args.hours)))
     return 0
