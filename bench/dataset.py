@@ -27,10 +27,10 @@ _STATEMENTS = [
     " RESTART IDENTITY CASCADE",
     # Event 1, the hot one, starts first so that it tops the browse page.
     f"""INSERT INTO event (name, description, venue, starts_at, capacity, tickets_available,
-        max_tickets_per_customer, status)
+        max_tickets_per_customer, status, owner_id)
     SELECT 'Event ' || n, 'A benchmark event.', 'Venue ' || n % 50,
         now() + interval '1 day' + n * interval '1 hour', capacity, capacity, {TICKET_LIMIT},
-        'ON_SALE'
+        'ON_SALE', 'bench-organizer'
     FROM generate_series(1, {EVENTS}) AS n,
         LATERAL (SELECT CASE n WHEN 1 THEN {HOT_EVENT_CAPACITY} ELSE {EVENT_CAPACITY} END)
             AS c(capacity)""",
@@ -40,8 +40,8 @@ _STATEMENTS = [
         1 + k % 2, 'ACTIVE'
     FROM generate_series(1, {CUSTOMERS}) AS c, generate_series(0, {RESERVATIONS_EACH - 1}) AS k
     ORDER BY c, k""",
-    """INSERT INTO reservation_change (reservation_id, kind, quantity, actor)
-    SELECT id, 'CREATED', quantity, customer_id FROM reservation ORDER BY id""",
+    """INSERT INTO reservation_change (reservation_id, kind, quantity, actor, actor_role)
+    SELECT id, 'CREATED', quantity, customer_id, 'CUSTOMER' FROM reservation ORDER BY id""",
     f"""INSERT INTO customer_hold (event_id, customer_id, tickets, ticket_limit)
     SELECT event_id, customer_id, sum(quantity), {TICKET_LIMIT} FROM reservation
     GROUP BY event_id, customer_id""",

@@ -40,6 +40,7 @@ def _rows() -> tuple[list[models.Reservation], dict[int, models.Event]]:
             tickets_available=50,
             max_tickets_per_customer=10,
             status=models.EventStatus.ON_SALE,
+            owner_id="bench-organizer",
             created_at=now,
             updated_at=now,
         )

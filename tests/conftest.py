@@ -112,16 +112,16 @@ def client(database_url: str, engine: Engine) -> Iterator[TestClient]:
         yield made
 
 
-def token(subject: str = "alice", *, organizer: bool = False) -> str:
-    return mint_token(
-        JWT_SECRET, subject, roles=["organizer"] if organizer else [], ttl=timedelta(hours=1)
-    )
+def token(subject: str = "alice", *, organizer: bool = False, admin: bool = False) -> str:
+    roles = [role for role, wanted in (("organizer", organizer), ("admin", admin)) if wanted]
+    return mint_token(JWT_SECRET, subject, roles=roles, ttl=timedelta(hours=1))
 
 
-def auth(subject: str = "alice", *, organizer: bool = False) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(subject, organizer=organizer)}"}
+def auth(subject: str = "alice", *, organizer: bool = False, admin: bool = False) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(subject, organizer=organizer, admin=admin)}"}
 
 
+# The organizer who owns the events `insert_event` makes, unless told otherwise.
 ORGANIZER = auth("olivia", organizer=True)
 
 
@@ -163,14 +163,15 @@ def insert_event(
     starts_in: timedelta = timedelta(days=7),
     max_tickets_per_customer: int | None = None,
     status: str = "ON_SALE",
+    owner: str = "olivia",
 ) -> str:
     """An event straight in the database (also ones the API can't make: started, cancelled)."""
     with engine.begin() as connection:
         key = connection.scalar(
             sa.text(
                 "INSERT INTO event (name, venue, starts_at, capacity, tickets_available,"
-                " max_tickets_per_customer, status) VALUES (:name, :venue, :starts_at,"
-                " :capacity, :available, :limit, :status) RETURNING id"
+                " max_tickets_per_customer, status, owner_id) VALUES (:name, :venue, :starts_at,"
+                " :capacity, :available, :limit, :status, :owner) RETURNING id"
             ),
             {
                 "name": name,
@@ -180,6 +181,7 @@ def insert_event(
                 "available": capacity if tickets_available is None else tickets_available,
                 "limit": max_tickets_per_customer,
                 "status": status,
+                "owner": owner,
             },
         )
     return to_global_id("Event", key)

@@ -275,7 +275,11 @@ EVENT_MUTATIONS = ["createEvent", "updateEvent", "cancelEvent"]
 NON_ORGANIZERS = {
     "customer": (auth("alice"), 200, "FORBIDDEN"),
     "lookalike roles": (
-        {"Authorization": bearer(sign(claims(roles=["admin", "Organizer", "organizers"])))},
+        {
+            "Authorization": bearer(
+                sign(claims(roles=["Admin", "Organizer", "organizers", "administrator"]))
+            )
+        },
         200,
         "FORBIDDEN",
     ),

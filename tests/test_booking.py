@@ -18,6 +18,7 @@ from ticketing.domain.booking import Actor
 from ticketing.domain.models import ReservationStatus
 
 ALICE = Actor("alice")
+OLIVIA = Actor("olivia", is_organizer=True)  # owns the events `insert_event` makes
 
 
 @pytest.fixture
@@ -117,7 +118,7 @@ def test_capacity_changes_race_with_reservations(db: Database, engine: Engine) -
     def shrink(capacity: int) -> None:
         changes = events.EventChanges(capacity=capacity)
         with contextlib.suppress(errors.InvalidEvent):
-            db.transaction(lambda s: events.update_event(s, key, changes))
+            db.transaction(lambda s: events.update_event(s, key, changes, OLIVIA))
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         futures = [pool.submit(reserve, index) for index in range(60)]

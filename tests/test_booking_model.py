@@ -32,7 +32,13 @@ from ticketing.domain import booking, errors, events
 from ticketing.domain.booking import Actor
 
 CUSTOMERS = ["ann", "ben", "cat"]
-ORGANIZER = Actor("olga", is_organizer=True)
+# Two organizers who each own some of the events, and an admin who manages them all.
+STAFF = {
+    "olga": Actor("olga", is_organizer=True),
+    "oscar": Actor("oscar", is_organizer=True),
+    "ada": Actor("ada", is_admin=True),
+}
+ORGANIZERS = ["olga", "oscar"]
 # Mostly valid quantities, sometimes zero, negative or large.
 quantities = st.one_of(st.integers(1, 3), st.integers(-1, 6))
 # Ending an event (cancel, start) ends most of what can happen to it: only now and then, but
@@ -45,6 +51,7 @@ class ModelEvent:
     capacity: int
     available: int
     limit: int | None
+    organizer: str
     cancelled: bool = False
     started: bool = False
 
@@ -61,6 +68,9 @@ class ModelReservation:
 class Model:
     events: dict[int, ModelEvent] = field(default_factory=dict)
     reservations: dict[int, ModelReservation] = field(default_factory=dict)
+
+    def manages(self, who: str, event: int) -> bool:
+        return who == "ada" or who == self.events[event].organizer
 
     def held(self, event: int, owner: str) -> int:
         return sum(
@@ -100,18 +110,23 @@ class BookingMachine(RuleBasedStateMachine):
         target=events_made,
         capacities=st.lists(st.integers(0, 10), min_size=1, max_size=3),
         limit=st.none() | st.integers(1, 4),
+        organizer=st.sampled_from(ORGANIZERS),
     )
-    def make_events(self, capacities: list[int], limit: int | None) -> Any:
+    def make_events(self, capacities: list[int], limit: int | None, organizer: str) -> Any:
         with self.engine.begin() as connection:
             connection.execute(sa.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
         keys = []
-        for capacity in capacities:
+        for number, capacity in enumerate(capacities):
+            # The organizers take turns, so most runs have events of both.
+            owner = ORGANIZERS[(ORGANIZERS.index(organizer) + number) % len(ORGANIZERS)]
             key = key_of(
-                insert_event(self.engine, capacity=capacity, max_tickets_per_customer=limit),
+                insert_event(
+                    self.engine, capacity=capacity, max_tickets_per_customer=limit, owner=owner
+                ),
                 "Event",
             )
             assert key is not None
-            self.model.events[key] = ModelEvent(capacity, capacity, limit)
+            self.model.events[key] = ModelEvent(capacity, capacity, limit, owner)
             keys.append(key)
         return multiple(*keys)
 
@@ -216,13 +231,13 @@ class BookingMachine(RuleBasedStateMachine):
             mine.quantity -= quantity
             self.model.events[mine.event].available += quantity
 
-    @rule(reservation=reservations_made, actor=st.sampled_from([*CUSTOMERS, "olga"]))
+    @rule(reservation=reservations_made, actor=st.sampled_from([*CUSTOMERS, *STAFF]))
     def cancel(self, reservation: int, actor: str) -> None:
         mine = self.model.reservations[reservation]
-        who = ORGANIZER if actor == "olga" else Actor(actor)
+        who = STAFF.get(actor, Actor(actor))
         expected = (
             "NotFound"
-            if not who.may_access(mine.owner)
+            if actor != mine.owner and not self.model.manages(actor, mine.event)
             else "ok"
             if mine.cancelled
             else "EventStarted"
@@ -237,40 +252,58 @@ class BookingMachine(RuleBasedStateMachine):
             mine.cancelled = True
             self.model.events[mine.event].available += mine.quantity
 
-    def event_change_refusal(self, event: int) -> str | None:
+    def event_change_refusal(self, event: int, staff: str) -> str | None:
         state = self.model.events[event]
-        return "EventCancelled" if state.cancelled else "EventStarted" if state.started else None
+        return (
+            "NotFound"
+            if not self.model.manages(staff, event)
+            else "EventCancelled"
+            if state.cancelled
+            else "EventStarted"
+            if state.started
+            else None
+        )
 
-    @rule(event=events_made, capacity=st.integers(0, 12))
-    def change_capacity(self, event: int, capacity: int) -> None:
+    @rule(event=events_made, staff=st.sampled_from(list(STAFF)), capacity=st.integers(0, 12))
+    def change_capacity(self, event: int, staff: str, capacity: int) -> None:
         state = self.model.events[event]
         reserved = state.capacity - state.available
-        expected = self.event_change_refusal(event) or (
+        expected = self.event_change_refusal(event, staff) or (
             "InvalidEvent" if capacity < reserved else "ok"
         )
         changes = events.EventChanges(capacity=capacity)
-        outcome, _ = self.attempt(lambda s: events.update_event(s, event, changes))
+        outcome, _ = self.attempt(lambda s: events.update_event(s, event, changes, STAFF[staff]))
         assert outcome == expected
         if outcome == "ok":
             state.available += capacity - state.capacity
             state.capacity = capacity
 
-    @rule(event=events_made, limit=st.none() | st.integers(1, 4))
-    def change_limit(self, event: int, limit: int | None) -> None:
-        expected = self.event_change_refusal(event) or "ok"
+    @rule(
+        event=events_made, staff=st.sampled_from(list(STAFF)), limit=st.none() | st.integers(1, 4)
+    )
+    def change_limit(self, event: int, staff: str, limit: int | None) -> None:
+        expected = self.event_change_refusal(event, staff) or "ok"
         changes = events.EventChanges(max_tickets_per_customer=limit)
-        outcome, _ = self.attempt(lambda s: events.update_event(s, event, changes))
+        outcome, _ = self.attempt(lambda s: events.update_event(s, event, changes, STAFF[staff]))
         assert outcome == expected
         if outcome == "ok":
             self.model.events[event].limit = limit
 
-    @rule(event=events_made, now=seldom)
-    def cancel_event(self, event: int, now: bool) -> None:
+    @rule(event=events_made, staff=st.sampled_from(list(STAFF)), now=seldom)
+    def cancel_event(self, event: int, staff: str, now: bool) -> None:
         if not now:
             return
         state = self.model.events[event]
-        expected = "ok" if state.cancelled else "EventStarted" if state.started else "ok"
-        outcome, _ = self.attempt(lambda s: events.cancel_event(s, event, ORGANIZER))
+        expected = (
+            "NotFound"
+            if not self.model.manages(staff, event)
+            else "ok"
+            if state.cancelled
+            else "EventStarted"
+            if state.started
+            else "ok"
+        )
+        outcome, _ = self.attempt(lambda s: events.cancel_event(s, event, STAFF[staff]))
         assert outcome == expected
         if outcome == "ok" and not state.cancelled:
             state.cancelled, state.available = True, state.capacity
@@ -314,6 +347,30 @@ class BookingMachine(RuleBasedStateMachine):
             for key, r in self.model.reservations.items()
         }
         assert invariant_violations(self.engine) == []
+
+    @invariant()
+    def history_names_each_actors_role(self) -> None:
+        """A customer acting on their own reservation, the event's organizer or an admin."""
+        with self.engine.connect() as connection:
+            lines = connection.execute(
+                sa.text(
+                    "SELECT change.actor, change.actor_role, reservation.customer_id,"
+                    " event.owner_id FROM reservation_change AS change"
+                    " JOIN reservation ON reservation.id = change.reservation_id"
+                    " JOIN event ON event.id = reservation.event_id"
+                )
+            ).all()
+        for actor, role, customer, organizer in lines:
+            expected = (
+                "CUSTOMER"
+                if actor == customer
+                else "ORGANIZER"
+                if actor == organizer
+                else "ADMIN"
+                if actor == "ada"
+                else None
+            )
+            assert role == expected, (actor, role, customer, organizer)
 
 
 TestBookingRules = BookingMachine.TestCase

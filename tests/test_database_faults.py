@@ -132,7 +132,7 @@ def test_operations_across_many_events_never_deadlock(engine: Engine) -> None:
                 db.transaction(lambda s: events.cancel_event(s, key, organizer))
             elif index % 7 == 6:
                 changes = events.EventChanges(capacity=chance.randint(20, 40))
-                db.transaction(lambda s: events.update_event(s, key, changes))
+                db.transaction(lambda s: events.update_event(s, key, changes, organizer))
             else:
                 done = db.transaction(
                     lambda s: booking.reserve(s, event_id=key, actor=actor, quantity=2)

@@ -28,7 +28,7 @@ def test_serve_without_database_url_runs_on_an_embedded_database(tmp_path: Path)
         assert f"Loaded {len(DEMO_EVENTS)} demo events" in printed
         assert f"{running.url.replace('127.0.0.1', 'localhost')}/graphql" in printed
         assert "Demo token (1 h)" in printed
-        token = re.search(r"Bearer ([\w.-]+)", printed)
+        token = re.search(r"Demo token.*Bearer ([\w.-]+)", printed)
         assert token, printed
         mine = httpx.post(
             f"{running.url}/graphql",
@@ -36,6 +36,19 @@ def test_serve_without_database_url_runs_on_an_embedded_database(tmp_path: Path)
             headers={"Authorization": f"Bearer {token.group(1)}"},
         )
         assert mine.json() == {"data": {"myReservations": {"totalCount": 0}}}
+        # The demo organizer's token manages the demo events: it sees their reservations.
+        organizer = re.search(r"Demo organizer token.*Bearer ([\w.-]+)", printed)
+        assert organizer, printed
+        listed = httpx.post(
+            f"{running.url}/graphql",
+            json={
+                "query": "{ events(first: 50) { edges { node { reservations { totalCount } } } } }"
+            },
+            headers={"Authorization": f"Bearer {organizer.group(1)}"},
+        ).json()["data"]["events"]["edges"]
+        assert [edge["node"]["reservations"] for edge in listed] == [{"totalCount": 0}] * len(
+            DEMO_EVENTS
+        )
         assert (tmp_path / "data" / "pgdata" / "postmaster.pid").exists()
     assert running.process.returncode == 0
     # The private server stops with the service.

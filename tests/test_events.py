@@ -187,7 +187,7 @@ def test_my_reservations_lists_only_mine_newest_first(client: TestClient, engine
     )
 
 
-def test_event_reservations_are_for_organizers(client: TestClient, engine: Engine) -> None:
+def test_event_reservations_are_for_its_organizer(client: TestClient, engine: Engine) -> None:
     event_id = insert_event(engine, capacity=20)
     for who in ("alice", "bob"):
         data(client, RESERVE, {"id": event_id, "n": 2}, headers=auth(who))
@@ -196,12 +196,10 @@ def test_event_reservations_are_for_organizers(client: TestClient, engine: Engin
     seen = data(client, query, {"id": event_id}, headers=ORGANIZER)["event"]["reservations"]
     assert seen["totalCount"] == 2
     assert sorted(edge["node"]["customer"] for edge in seen["edges"]) == ["alice", "bob"]
-    denied = gql(client, query, {"id": event_id}, headers=auth())
-    assert denied["data"]["event"] == {
-        "name": denied["data"]["event"]["name"],
-        "reservations": None,
-    }
-    assert denied["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    # A customer (even one with reservations of it) and anonymous see the event, not its list.
+    for headers in (auth(), {}):
+        denied = data(client, query, {"id": event_id}, headers=headers)["event"]
+        assert denied == {"name": "Concert", "reservations": None}
 
 
 CREATE_EVENT = """mutation($input: CreateEventInput!) { createEvent(input: $input) {
@@ -406,7 +404,7 @@ def test_cancel_event_cancels_its_reservations(client: TestClient, engine: Engin
     statuses = sorted(edge["node"]["status"] for edge in edges)
     assert statuses == ["ACTIVE", "CANCELLED"]
     cancelled = next(e["node"] for e in edges if e["node"]["status"] == "CANCELLED")
-    assert history(cancelled)[-1] == {"kind": "CANCELLED", "quantity": 3, "actor": "olivia"}
+    assert history(cancelled)[-1] == {"kind": "CANCELLED", "quantity": 3, "actor": "ORGANIZER"}
     assert invariant_violations(engine) == []
     before = snapshot(engine)
     again = data(client, CANCEL_EVENT, {"id": event_id}, headers=ORGANIZER)["cancelEvent"]

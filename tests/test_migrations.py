@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -73,5 +74,48 @@ def test_a_database_behind_head_is_reported(databases: Databases) -> None:
     try:
         with engine.connect() as connection:
             assert not migrations.is_at_head(connection)
+    finally:
+        engine.dispose()
+
+
+def test_owners_and_history_roles_are_backfilled(databases: Databases) -> None:
+    """Events made before owners existed go to the placeholder organizer; each history line
+    gets the role its actor had (the reservation's customer, or else an organizer)."""
+    engine = create_db_engine(databases.create())
+    try:
+        migrations.upgrade(engine, "0003")
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO event (name, venue, starts_at, capacity, tickets_available,"
+                    " status) VALUES ('Old', 'Hall', now() + interval '1 day', 5, 5, 'ON_SALE');"
+                    " INSERT INTO reservation (event_id, customer_id, quantity, status,"
+                    " cancelled_at) VALUES (1, 'alice', 2, 'CANCELLED', now());"
+                    " INSERT INTO reservation_change (reservation_id, kind, quantity, actor)"
+                    " VALUES (1, 'CREATED', 2, 'alice'), (1, 'CANCELLED', 2, 'olivia');"
+                    " INSERT INTO idempotency_key (customer_id, key, fingerprint, outcome)"
+                    " VALUES ('alice', 'k', 'f', '{\"event\": {\"id\": 1}, \"reservation\": {}}')"
+                )
+            )
+        migrations.upgrade(engine)
+        with engine.connect() as connection:
+            assert connection.scalar(sa.text("SELECT owner_id FROM event")) == "legacy-organizer"
+            assert connection.execute(
+                sa.text("SELECT actor, actor_role FROM reservation_change ORDER BY id")
+            ).all() == [("alice", "CUSTOMER"), ("olivia", "ORGANIZER")]
+            # A stored answer replays its event as the model now has it.
+            assert connection.scalar(sa.text("SELECT outcome FROM idempotency_key")) == {
+                "event": {"id": 1, "owner_id": "legacy-organizer"},
+                "reservation": {},
+            }
+        with pytest.raises(sa.exc.IntegrityError, match="append-only"), engine.begin() as c:
+            c.execute(sa.text("UPDATE reservation_change SET actor_role = 'ADMIN'"))
+        migrations.downgrade(engine, "0003")
+        with engine.connect() as connection:
+            assert connection.scalar(sa.text("SELECT outcome FROM idempotency_key")) == {
+                "event": {"id": 1},
+                "reservation": {},
+            }
+            assert connection.scalar(sa.text("SELECT count(*) FROM reservation_change")) == 2
     finally:
         engine.dispose()

@@ -1,4 +1,5 @@
-"""Bearer tokens: HS256 JWTs whose `sub` is the customer and whose `roles` may grant `organizer`."""
+"""Bearer tokens: HS256 JWTs whose `sub` is the customer and whose `roles` may grant
+`organizer` (creates events and manages their own) or `admin` (manages every event)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ticketing.settings import Settings
 
 ALGORITHM = "HS256"
 ORGANIZER_ROLE = "organizer"
+ADMIN_ROLE = "admin"
 MAX_SUBJECT_LENGTH = 255  # customer ids are stored and indexed
 
 
@@ -87,7 +89,9 @@ def authenticate(authorization: str | None, rules: TokenRules) -> Actor | None:
         )
     if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
         raise AuthenticationError("The token's roles must be a list of strings.")
-    return Actor(customer_id=subject, is_organizer=ORGANIZER_ROLE in roles)
+    return Actor(
+        customer_id=subject, is_organizer=ORGANIZER_ROLE in roles, is_admin=ADMIN_ROLE in roles
+    )
 
 
 def _is_customer_id(subject: object) -> bool:

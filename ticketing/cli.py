@@ -14,8 +14,9 @@ import uvicorn
 from pydantic import ValidationError
 
 from ticketing import migrations
-from ticketing.auth import ORGANIZER_ROLE, mint_token
+from ticketing.auth import ADMIN_ROLE, ORGANIZER_ROLE, mint_token
 from ticketing.db import create_db_engine
+from ticketing.seed import DEMO_ORGANIZER
 from ticketing.settings import DEVELOPMENT_JWT_SECRET, Settings, get_settings
 
 
@@ -61,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="mint a bearer token for local use")
     token.add_argument("--subject", default="demo-customer", help="the customer id (sub)")
     token.add_argument("--organizer", action="store_true", help="grant the organizer role")
+    token.add_argument(
+        "--admin", action="store_true", help="grant the admin role (manages every event)"
+    )
     token.add_argument("--hours", type=float, default=24.0, help="lifetime in hours")
     token.set_defaults(run=_token)
     return parser
@@ -111,6 +115,12 @@ def _serve(args: argparse.Namespace) -> int:
         ttl = min(timedelta(hours=24), timedelta(seconds=settings.jwt_max_lifetime_s))
         demo = _mint(settings, "demo-customer", [], ttl)
         print(f'Demo token ({_hours(ttl)} h): {{"Authorization": "Bearer {demo}"}}', flush=True)
+        organizer = _mint(settings, DEMO_ORGANIZER, [ORGANIZER_ROLE], ttl)
+        print(
+            f"Demo organizer token ({_hours(ttl)} h; it manages the seeded events): "
+            f'{{"Authorization": "Bearer {organizer}"}}',
+            flush=True,
+        )
     # uvicorn re-raises SIGTERM once it has shut down gracefully; exiting normally instead
     # lets exit handlers run, and one of them stops the embedded PostgreSQL.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
@@ -165,7 +175,11 @@ def _export_schema(args: argparse.Namespace) -> int:
 
 def _token(args: argparse.Namespace) -> int:
     settings = get_settings()
-    roles = [ORGANIZER_ROLE] if args.organizer else []
+    roles = [
+        role
+        for role, wanted in ((ORGANIZER_ROLE, args.organizer), (ADMIN_ROLE, args.admin))
+        if wanted
+    ]
     ttl = timedelta(hours=args.hours)
     longest = timedelta(seconds=settings.jwt_max_lifetime_s)
     if not timedelta(0) < ttl <= longest:

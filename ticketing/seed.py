@@ -10,6 +10,8 @@ from sqlmodel import Session, select
 from ticketing.domain.events import EventDraft, create_event
 from ticketing.domain.models import Event
 
+# The organizer who owns the demo events; `make serve` prints a token for this subject.
+DEMO_ORGANIZER = "demo-organizer"
 DEMO_EVENTS = [
     # name, venue, days from now, hours long, capacity, per-customer limit, description
     (
@@ -90,6 +92,7 @@ def seed_demo_events(session: Session) -> int:
                 max_tickets_per_customer=limit,
                 description=description,
             ),
+            owner_id=DEMO_ORGANIZER,
         )
         added += 1
     return added

@@ -112,7 +112,7 @@ class CreateEventInput:
 
 
 @strawberry.input(
-    description="Changes to an event. Organizers only. Omitted fields keep their value; for "
+    description="Changes to an event. Its organizer only. Omitted fields keep their value; for "
     "`name`, `venue`, `startsAt`, `capacity` and `description` null also keeps it."
 )
 class UpdateEventInput:
@@ -282,7 +282,8 @@ class Mutation:
 
     @strawberry.mutation(
         description="Cancel a reservation, releasing its tickets. Cancelling a cancelled "
-        "reservation returns it unchanged, so retries are safe. Organizers may cancel any."
+        "reservation returns it unchanged, so retries are safe. An event's organizer may "
+        "cancel any of its reservations."
     )
     async def cancel_reservation(
         self,
@@ -302,7 +303,10 @@ class Mutation:
             ),
         )
 
-    @strawberry.mutation(description="Create an event, on sale at once. Organizers only.")
+    @strawberry.mutation(
+        description="Create an event, on sale at once; its creator is its organizer. "
+        "Organizers only."
+    )
     async def create_event(
         self,
         info: Info,
@@ -310,7 +314,7 @@ class Mutation:
             CreateEventInput, strawberry.argument(description="The new event's details.")
         ],
     ) -> CreateEventResult:
-        info.context.require_organizer()
+        organizer = info.context.require_organizer()
         draft = events.EventDraft(
             name=input.name,
             venue=input.venue,
@@ -321,10 +325,16 @@ class Mutation:
             max_tickets_per_customer=input.max_tickets_per_customer,
         )
         return cast(
-            CreateEventResult, await _change_event(info, lambda s: events.create_event(s, draft))
+            CreateEventResult,
+            await _change_event(
+                info, lambda s: events.create_event(s, draft, owner_id=organizer.customer_id)
+            ),
         )
 
-    @strawberry.mutation(description="Change an event's details or capacity. Organizers only.")
+    @strawberry.mutation(
+        description="Change an event's details or capacity. Its organizer (or an admin) only: "
+        "to other organizers it is NotFound, as a missing event is."
+    )
     async def update_event(
         self,
         info: Info,
@@ -332,7 +342,7 @@ class Mutation:
             UpdateEventInput, strawberry.argument(description="The event and the fields to change.")
         ],
     ) -> UpdateEventResult:
-        info.context.require_organizer()
+        actor = info.context.require_organizer()
         event_id = key_of(input.event_id, "Event")
         if event_id is None:
             return not_found(input.event_id, "Event")
@@ -341,12 +351,13 @@ class Mutation:
         )
         return cast(
             UpdateEventResult,
-            await _change_event(info, lambda s: events.update_event(s, event_id, changes)),
+            await _change_event(info, lambda s: events.update_event(s, event_id, changes, actor)),
         )
 
     @strawberry.mutation(
         description="Cancel an event and every active reservation of it, releasing their "
-        "tickets. Cancelling it again returns it unchanged. Organizers only."
+        "tickets. Cancelling it again returns it unchanged. Its organizer (or an admin) only: "
+        "to other organizers it is NotFound, as a missing event is."
     )
     async def cancel_event(
         self,

@@ -111,7 +111,7 @@ class Query:
 
     @strawberry.field(
         description="A reservation by ID; null if there is none or it is someone else's "
-        "(organizers see all)."
+        "(its event's organizer sees it too)."
     )
     async def reservation(
         self,
@@ -188,10 +188,12 @@ async def _reservation(info: Info, key: int) -> Reservation | None:
     if viewer is None:
         return None
     reservation = await info.context.loaders.reservation.load(key)
-    if reservation is None or not viewer.may_access(reservation.customer_id):
+    if reservation is None:
         return None
     event = await info.context.loaders.event.load(reservation.event_id)
     assert event is not None, "a reservation's event is never deleted"
+    if not viewer.may_access(reservation, event):
+        return None
     return Reservation.from_model(reservation, event)
 
 

@@ -53,6 +53,19 @@ class ReservationChangeKind(enum.Enum):
     )
 
 
+@strawberry.enum(
+    description="Who made a change, by role. An organizer's or admin's identity is never shown."
+)
+class ChangeActor(enum.Enum):
+    CUSTOMER = strawberry.enum_value(
+        "CUSTOMER", description="The customer who holds the reservation."
+    )
+    ORGANIZER = strawberry.enum_value("ORGANIZER", description="The organizer of its event.")
+    ADMIN = strawberry.enum_value(
+        "ADMIN", description="An administrator of the service, on the organizer's behalf."
+    )
+
+
 @strawberry.interface(description="An object with a globally unique, opaque ID (Relay).")
 class Node:
     key: strawberry.Private[int]
@@ -69,10 +82,7 @@ class ReservationChange:
     quantity: int = strawberry.field(
         description="Tickets involved: the quantity created, added, given back or released."
     )
-    actor: str = strawberry.field(
-        description="Who made the change: the subject of their token (the customer, or an "
-        "organizer)."
-    )
+    actor: ChangeActor = strawberry.field(description="Who made the change, by role.")
     created_at: datetime = strawberry.field(description="When the change was made.")
 
     @classmethod
@@ -81,13 +91,14 @@ class ReservationChange:
         return cls(
             kind=ReservationChangeKind[change.kind.name],
             quantity=change.quantity,
-            actor=change.actor,
+            actor=ChangeActor[change.actor_role.name],
             created_at=change.created_at,
         )
 
 
 @strawberry.type(description="Something people attend, with a fixed number of tickets.")
 class Event(Node):
+    owner_id: strawberry.Private[str]
     name: str = strawberry.field(description="The event's name.")
     description: str = strawberry.field(description="A longer text about the event; may be empty.")
     venue: str = strawberry.field(description="Where the event takes place.")
@@ -114,6 +125,7 @@ class Event(Node):
         assert event.updated_at is not None
         return cls(
             key=event.id,
+            owner_id=event.owner_id,
             name=event.name,
             description=event.description,
             venue=event.venue,
@@ -128,7 +140,8 @@ class Event(Node):
         )
 
     @strawberry.field(
-        description="The event's reservations, newest first. Organizers only (FORBIDDEN otherwise)."
+        description="The event's reservations, newest first. Only for its organizer (and "
+        "admins); null for everyone else, as if there were none to show."
     )
     async def reservations(
         self,
@@ -140,7 +153,9 @@ class Event(Node):
             strawberry.argument(description="Only reservations with this status."),
         ] = None,
     ) -> Connection[Reservation] | None:
-        info.context.require_organizer()
+        viewer = info.context.viewer
+        if viewer is None or not viewer.manages(self):
+            return None
         return await reservation_connection(
             info, first=first, after=after, status=status, event_id=self.key
         )

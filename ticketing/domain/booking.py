@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
@@ -33,6 +34,7 @@ from ticketing.domain.errors import (
     ReservationCancelled,
 )
 from ticketing.domain.models import (
+    ActorRole,
     ChangeKind,
     CustomerHold,
     Event,
@@ -43,16 +45,48 @@ from ticketing.domain.models import (
 )
 
 
+class Owned(Protocol):
+    """An event as far as access goes (the table row, or the API's view of it)."""
+
+    @property
+    def owner_id(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class Actor:
-    """Who asks: a customer id (the token's subject) and whether they are an organizer."""
+    """Who asks: a customer id (the token's subject) and their roles. Every rule on who may
+    do what to events and reservations is one of the methods below."""
 
     customer_id: str
     is_organizer: bool = False
+    is_admin: bool = False  # may do everything an organizer may, on every event
 
-    def may_access(self, owner: str) -> bool:
-        """Whether the actor may see (and cancel) a reservation of `owner`'s."""
-        return self.is_organizer or owner == self.customer_id
+    @property
+    def runs_events(self) -> bool:
+        """Whether the actor may create events (and manage their own)."""
+        return self.is_organizer or self.is_admin
+
+    def manages(self, event: Owned) -> bool:
+        """Whether the actor may change or cancel `event`, see its reservations and cancel
+        them. To anyone else an event's management looks like a missing event."""
+        return self.is_admin or (self.is_organizer and event.owner_id == self.customer_id)
+
+    def may_access(self, reservation: Reservation, event: Owned) -> bool:
+        """Whether the actor may see (and cancel) `reservation`, a reservation of `event`."""
+        return reservation.customer_id == self.customer_id or self.manages(event)
+
+    def managing_role(self, event: Owned) -> ActorRole:
+        """The role recorded for a change made as one who manages `event`."""
+        if self.is_organizer and event.owner_id == self.customer_id:
+            return ActorRole.ORGANIZER
+        return ActorRole.ADMIN
+
+    def role_toward(self, reservation: Reservation, event: Owned) -> ActorRole:
+        """The role recorded for a change the actor makes to `reservation`: its customer's
+        own, else as one who manages its event."""
+        if reservation.customer_id == self.customer_id:
+            return ActorRole.CUSTOMER
+        return self.managing_role(event)
 
 
 @dataclass(frozen=True)
@@ -182,12 +216,13 @@ def _reserve_statement() -> Select[Event, Reservation]:
     logged = (
         insert(ReservationChange)
         .from_select(
-            ["reservation_id", "kind", "quantity", "actor"],
+            ["reservation_id", "kind", "quantity", "actor", "actor_role"],
             sa.select(
                 made.c.id,
                 sa.literal(ChangeKind.CREATED.value),
                 made.c.quantity,
                 made.c.customer_id,
+                sa.literal(ActorRole.CUSTOMER.value),
             ),
         )
         .cte("logged")
@@ -245,7 +280,7 @@ def decrease(session: Session, *, reservation_id: int, actor: Actor, quantity: i
 def cancel(session: Session, *, reservation_id: int, actor: Actor) -> Booking:
     """Release the reservation's tickets. Cancelling it again returns it unchanged."""
     event, reservation, started = _lock_for_change(session, reservation_id)
-    if not actor.may_access(reservation.customer_id):
+    if not actor.may_access(reservation, event):
         raise NotFound("Reservation", reservation_id)
     if reservation.status == ReservationStatus.CANCELLED:
         return Booking(reservation, event)
@@ -304,7 +339,8 @@ def _lock_for_change(session: Session, reservation_id: int) -> tuple[Event, Rese
 def _lock_owned(
     session: Session, reservation_id: int, actor: Actor
 ) -> tuple[Event, Reservation, bool]:
-    """Only the owner may change a reservation's quantity; others get NotFound."""
+    """Only its customer may change a reservation's quantity (organizers may only cancel it);
+    others get NotFound."""
     locked = _lock_for_change(session, reservation_id)
     if locked[1].customer_id != actor.customer_id:
         raise NotFound("Reservation", reservation_id)
@@ -385,17 +421,15 @@ def _apply(
         )
         .values(hold_values)
     )
-    _record(session, updated_reservation, kind, quantity, actor)
-    return Booking(updated_reservation, updated_event)
-
-
-def _record(
-    session: Session, reservation: Reservation, kind: ChangeKind, quantity: int, actor: Actor
-) -> None:
     assert reservation.id is not None
     session.add(
         ReservationChange(
-            reservation_id=reservation.id, kind=kind, quantity=quantity, actor=actor.customer_id
+            reservation_id=reservation.id,
+            kind=kind,
+            quantity=quantity,
+            actor=actor.customer_id,
+            actor_role=actor.role_toward(reservation, event),
         )
     )
     session.flush()
+    return Booking(updated_reservation, updated_event)

@@ -1,4 +1,5 @@
-"""Organizer operations: create, change and cancel events."""
+"""Organizer operations: create, change and cancel events. An event is managed by the
+organizer who created it, and by admins (`Actor.manages`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col
 
 from ticketing.domain.booking import Actor, lock_event
-from ticketing.domain.errors import EventCancelled, EventStarted, InvalidEvent
+from ticketing.domain.errors import EventCancelled, EventStarted, InvalidEvent, NotFound
 from ticketing.domain.models import (
     ChangeKind,
     CustomerHold,
@@ -72,9 +73,10 @@ class EventChanges:
         }
 
 
-def create_event(session: Session, draft: EventDraft) -> Event:
+def create_event(session: Session, draft: EventDraft, *, owner_id: str) -> Event:
     draft = _validated(draft, now=_database_now(session), starts_at_changed=True)
     event = Event(
+        owner_id=owner_id,
         name=draft.name,
         description=draft.description,
         venue=draft.venue,
@@ -89,8 +91,8 @@ def create_event(session: Session, draft: EventDraft) -> Event:
     return event
 
 
-def update_event(session: Session, event_id: int, changes: EventChanges) -> Event:
-    event, started = lock_event(session, event_id)
+def update_event(session: Session, event_id: int, changes: EventChanges, actor: Actor) -> Event:
+    event, started = _lock_managed_event(session, event_id, actor)
     if event.status == EventStatus.CANCELLED:
         raise EventCancelled()
     if started:
@@ -132,7 +134,7 @@ def update_event(session: Session, event_id: int, changes: EventChanges) -> Even
 
 def cancel_event(session: Session, event_id: int, actor: Actor) -> Event:
     """Cancel the event and every active reservation of it. Cancelling again changes nothing."""
-    event, started = lock_event(session, event_id)
+    event, started = _lock_managed_event(session, event_id, actor)
     if event.status == EventStatus.CANCELLED:
         return event
     if started:
@@ -162,6 +164,7 @@ def cancel_event(session: Session, event_id: int, actor: Actor) -> Event:
                     "kind": ChangeKind.CANCELLED,
                     "quantity": quantity,
                     "actor": actor.customer_id,
+                    "actor_role": actor.managing_role(event),
                 }
                 for reservation_id, quantity in released
             ],
@@ -175,6 +178,15 @@ def cancel_event(session: Session, event_id: int, actor: Actor) -> Event:
             "updated_at": sa.func.now(),
         },
     )
+
+
+def _lock_managed_event(session: Session, event_id: int, actor: Actor) -> tuple[Event, bool]:
+    """Lock the event if the actor manages it; to anyone else it doesn't exist. Checked under
+    the lock, so the answer can't depend on a change racing with it."""
+    event, started = lock_event(session, event_id)
+    if not actor.manages(event):
+        raise NotFound("Event", event_id)
+    return event, started
 
 
 def _update_event_row(session: Session, event_id: int, values: dict[str, object]) -> Event:

@@ -22,6 +22,14 @@ class ReservationStatus(enum.StrEnum):
     CANCELLED = "CANCELLED"
 
 
+class ActorRole(enum.StrEnum):
+    """The capacity in which someone changed a reservation, kept with each history line."""
+
+    CUSTOMER = "CUSTOMER"  # the reservation's own customer
+    ORGANIZER = "ORGANIZER"  # the organizer who owns its event
+    ADMIN = "ADMIN"
+
+
 class ChangeKind(enum.StrEnum):
     CREATED = "CREATED"
     INCREASED = "INCREASED"
@@ -81,6 +89,8 @@ class Event(SQLModel, table=True):
     status: EventStatus = Field(default=EventStatus.ON_SALE, sa_column=_status_column(EventStatus))
     created_at: datetime | None = Field(default=None, sa_column=_timestamp_column())
     updated_at: datetime | None = Field(default=None, sa_column=_timestamp_column())
+    # The subject of the organizer who created it: only they (and admins) manage it.
+    owner_id: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
 
 
 class Reservation(SQLModel, table=True):
@@ -129,6 +139,9 @@ class ReservationChange(SQLModel, table=True):
         sa.CheckConstraint(
             "kind IN ('CREATED', 'INCREASED', 'DECREASED', 'CANCELLED')", name="change_kind_known"
         ),
+        sa.CheckConstraint(
+            "actor_role IN ('CUSTOMER', 'ORGANIZER', 'ADMIN')", name="change_actor_role_known"
+        ),
         sa.Index("ix_reservation_change_reservation_id_id", "reservation_id", "id"),
     )
 
@@ -143,8 +156,10 @@ class ReservationChange(SQLModel, table=True):
     kind: ChangeKind = Field(sa_column=_status_column(ChangeKind))
     # Tickets added, removed or (for CANCELLED) released by this change.
     quantity: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    # The subject of whoever made the change, for audit; never shown to customers.
     actor: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
     created_at: datetime | None = Field(default=None, sa_column=_timestamp_column())
+    actor_role: ActorRole = Field(sa_column=_status_column(ActorRole))
 
 
 class CustomerHold(SQLModel, table=True):
