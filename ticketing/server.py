@@ -83,33 +83,32 @@ class HttpProtocol(HttpToolsProtocol):
         )
         # Bytes received towards the current request head; None while reading a body.
         self.head_bytes: int | None = 0
-        self.header_fields = 0
         self.header_field_bytes = 0
+        # When the current request head must be complete by (None: not reading one). One
+        # timer per connection checks it, rather than one per request (cheaper).
+        self.head_deadline: float | None = None
         self.head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
-        self._start_head_timer()
+        self._start_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
+        if self.head_timer is not None:
+            self.head_timer.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self.head_bytes is not None:
+            if self.head_deadline is None:
+                self._start_head()
             self.head_bytes += len(data)
-            if self.head_timer is None:
-                self._start_head_timer()
         try:
             super().data_received(data)
             if self.head_bytes is not None and self.head_bytes > self.max_head_bytes:
                 raise self._header_fields_too_large()
         except RequestHeadRefused as refusal:
             self._refuse(refusal)
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self.header_fields = self.header_field_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -119,20 +118,19 @@ class HttpProtocol(HttpToolsProtocol):
             )
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_fields += 1
         self.header_field_bytes += len(name) + len(value)
-        if self.header_fields > self.max_headers:
+        if self.header_field_bytes > self.max_header_bytes:
+            raise self._header_fields_too_large()
+        super().on_header(name, value)
+        if len(self.headers) > self.max_headers:
             raise RequestHeadRefused(
                 HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
                 f"The request has more than {self.max_headers} header fields.",
             )
-        if self.header_field_bytes > self.max_header_bytes:
-            raise self._header_fields_too_large()
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._cancel_head_timer()
-        self.head_bytes = None
+        self.head_bytes = self.head_deadline = None
+        self.header_field_bytes = 0
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -167,14 +165,16 @@ class HttpProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(head) + body)
         self.transport.close()
 
-    def _start_head_timer(self) -> None:
-        self.head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+    def _start_head(self) -> None:
+        self.head_deadline = self.loop.time() + self.header_timeout_s
+        if self.head_timer is None:
+            self.head_timer = self.loop.call_at(self.head_deadline, self._check_head_deadline)
 
-    def _cancel_head_timer(self) -> None:
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
-
-    def _head_timed_out(self) -> None:
+    def _check_head_deadline(self) -> None:
         self.head_timer = None
-        self.transport.close()
+        if self.head_deadline is None:
+            return  # the next request head arms it again
+        if self.loop.time() >= self.head_deadline:
+            self.transport.close()
+        else:
+            self.head_timer = self.loop.call_at(self.head_deadline, self._check_head_deadline)
