@@ -103,7 +103,7 @@ def test_oversized_bodies_are_refused(client: TestClient) -> None:
 
 
 def test_oversized_query_strings_are_refused(database_url: str) -> None:
-    with TestClient(create_app(make_settings(database_url, max_body_bytes=2048))) as client:
+    with TestClient(create_app(make_settings(database_url, max_url_bytes=2048))) as client:
         padding = "#" * 3000
         response = client.get("/graphql", params={"query": f"{{ __typename }} {padding}"})
         assert response.status_code == 414

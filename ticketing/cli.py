@@ -127,6 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
     uvicorn.run(
         "ticketing.app:create_app",
         factory=True,
+        http="ticketing.server:HttpProtocol",
         host=host,
         port=port,
         workers=workers,

@@ -7,6 +7,7 @@ plain-text errors), so this module speaks the protocol and hands only execution 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 
 from graphql import GraphQLError, get_operation_ast, parse
 from graphql import OperationType as DocumentOperation
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from strawberry.http.ides import get_graphql_ide_html
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
@@ -36,6 +37,8 @@ from ticketing.settings import Settings
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 JSON = "application/json"
+
+logger = logging.getLogger(__name__)
 
 
 class RequestError(Exception):
@@ -82,12 +85,18 @@ class GraphQLEndpoint:
             if request.method not in ("GET", "POST"):
                 raise RequestError(405, "Use GET or POST.", headers={"Allow": "GET, POST"})
             media_type = _negotiate(request.headers.get("accept"))
-            raw = await _read_params(request, self.settings.max_body_bytes)
+            raw = await _read_params(request, self.settings)
             params = _params_from(raw, self.persisted_queries)
             viewer = authenticate(request.headers.get("authorization"), self.token_rules)
         except RequestError as error:
             return _error_answer(
                 error.status, error.message, ErrorCode.BAD_REQUEST, media_type, error.headers
+            )
+        except ClientDisconnect:
+            # Nobody is left to read this answer: the request just ends.
+            logger.info("Request %s: the client disconnected while sending its body", request_id)
+            return _error_answer(
+                400, "The request body was cut short.", ErrorCode.BAD_REQUEST, media_type
             )
         except PersistedQueryNotFound:
             # As Apollo Server answers it, which is what the clients' retry logic looks for.
@@ -214,10 +223,16 @@ def _quality(parameters: Iterable[str]) -> float:
     return 1.0
 
 
-async def _read_params(request: Request, max_bytes: int) -> dict[str, Any]:
+def url_too_long_message(max_url_bytes: int) -> str:
+    return f"The request URL is longer than the limit of {max_url_bytes} bytes."
+
+
+async def _read_params(request: Request, settings: Settings) -> dict[str, Any]:
     if request.method == "GET":
-        if len(request.url.query) > max_bytes:
-            raise RequestError(414, f"The query string is longer than the limit of {max_bytes}.")
+        # `ticketing serve` refuses longer URLs before the app sees them (ticketing/server.py);
+        # this holds the same limit under other servers.
+        if len(request.url.query) > settings.max_url_bytes:
+            raise RequestError(414, url_too_long_message(settings.max_url_bytes))
         raw: dict[str, Any] = dict(request.query_params)
         for name in ("variables", "extensions"):
             if name in raw:
@@ -226,7 +241,7 @@ async def _read_params(request: Request, max_bytes: int) -> dict[str, Any]:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != JSON:
             raise RequestError(415, f"Send the request body as {JSON}.")
-        parsed = _parse_json(await _read_body(request, max_bytes), "body")
+        parsed = _parse_json(await _read_body(request, settings.max_body_bytes), "body")
         if isinstance(parsed, list):
             raise RequestError(
                 400, "The request body must be a JSON object: batches (arrays) are not supported."
@@ -356,8 +371,12 @@ def _error_answer(
     media_type: str,
     headers: dict[str, str] | None = None,
 ) -> Answer:
-    body = {"errors": [{"message": message, "extensions": {"code": code.value}}]}
-    return _json_answer(body, status, media_type, headers)
+    return _json_answer(error_document(message, code), status, media_type, headers)
+
+
+def error_document(message: str, code: ErrorCode) -> dict[str, Any]:
+    """The body of an answer to a request that wasn't executed: one error, no `data`."""
+    return {"errors": [{"message": message, "extensions": {"code": code.value}}]}
 
 
 def _json_answer(

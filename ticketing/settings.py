@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     introspection: bool | None = None
     cors_origins: Annotated[list[str], NoDecode] = []
     max_body_bytes: int = Field(default=100_000, ge=1024)
+    # The request head, limited by `ticketing serve` (ticketing/server.py). httptools can't
+    # parse a URL over 65535 bytes.
+    max_url_bytes: int = Field(default=32_768, ge=1024, le=65_535)
+    max_header_bytes: int = Field(default=16_384, ge=1024)
+    max_headers: int = Field(default=100, ge=10)
+    header_timeout_s: float = Field(default=10, gt=0)
     max_query_tokens: int = Field(default=2000, ge=100)
     max_query_depth: int = Field(default=15, ge=2)
     max_query_aliases: int = Field(default=30, ge=0)

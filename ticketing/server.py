@@ -1,0 +1,180 @@
+"""The HTTP/1.1 protocol `ticketing serve` runs uvicorn with: its httptools protocol, plus
+limits on the request head (request line and header fields) that uvicorn doesn't have.
+
+Without them a header was buffered whole however large (a 64 MB one was accepted), a client
+could hold a connection open for ever by never finishing its headers (slowloris), and a URL
+over 64 KiB got a plain-text 400 from the parser. Here:
+- a URL longer than `max_url_bytes` gets 414 URI Too Long;
+- more than `max_headers` header fields, or more than `max_header_bytes` of them (names and
+  values), get 431 Request Header Fields Too Large;
+- a connection that hasn't sent a complete request head within `header_timeout_s` of opening,
+  or of the first byte of its next request, is closed.
+Refusals are small JSON answers shaped like the API's other errors, and close the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from array import array
+from http import HTTPStatus
+from typing import Any
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from ticketing.api.errors import ErrorCode
+from ticketing.http import error_document, url_too_long_message
+from ticketing.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+# Room in a request head for what isn't URL or header names and values: the method, the
+# HTTP version, and the separators and line ends around each field.
+HEAD_FRAMING_BYTES = 1024
+FIELD_FRAMING_BYTES = 4  # ": " and CRLF
+
+
+class RequestHeadRefused(Exception):
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class _Parser(httptools.HttpRequestParser):
+    """Lets a refusal raised in a parser callback through: httptools wraps it in an
+    HttpParserError, which uvicorn answers with a plain-text 400."""
+
+    def feed_data(self, data: bytes | bytearray | memoryview | array[int]) -> None:
+        try:
+            super().feed_data(data)
+        except httptools.HttpParserCallbackError as error:
+            if isinstance(error.__context__, RequestHeadRefused):
+                raise error.__context__ from None
+            raise
+
+
+class HttpProtocol(HttpToolsProtocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.parser = _Parser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn does
+        settings = get_settings()
+        self.max_url_bytes = settings.max_url_bytes
+        self.max_header_bytes = settings.max_header_bytes
+        self.max_headers = settings.max_headers
+        self.header_timeout_s = settings.header_timeout_s
+        # httptools holds a header field whole until it ends; this bounds what may arrive
+        # before the head is complete.
+        self.max_head_bytes = (
+            self.max_url_bytes
+            + self.max_header_bytes
+            + self.max_headers * FIELD_FRAMING_BYTES
+            + HEAD_FRAMING_BYTES
+        )
+        # Bytes received towards the current request head; None while reading a body.
+        self.head_bytes: int | None = 0
+        self.header_field_bytes = 0
+        # When the current request head must be complete by (None: not reading one). One
+        # timer per connection checks it, rather than one per request (cheaper).
+        self.head_deadline: float | None = None
+        self.head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._start_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.head_bytes is not None:
+            if self.head_deadline is None:
+                self._start_head()
+            self.head_bytes += len(data)
+        try:
+            super().data_received(data)
+            if self.head_bytes is not None and self.head_bytes > self.max_head_bytes:
+                raise self._header_fields_too_large()
+        except RequestHeadRefused as refusal:
+            self._refuse(refusal)
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self.max_url_bytes:
+            raise RequestHeadRefused(
+                HTTPStatus.REQUEST_URI_TOO_LONG, url_too_long_message(self.max_url_bytes)
+            )
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_field_bytes += len(name) + len(value)
+        if self.header_field_bytes > self.max_header_bytes:
+            raise self._header_fields_too_large()
+        super().on_header(name, value)
+        if len(self.headers) > self.max_headers:
+            raise RequestHeadRefused(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                f"The request has more than {self.max_headers} header fields.",
+            )
+
+    def on_headers_complete(self) -> None:
+        self.head_bytes = self.head_deadline = None
+        self.header_field_bytes = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self.head_bytes = 0
+        super().on_message_complete()
+
+    def _header_fields_too_large(self) -> RequestHeadRefused:
+        return RequestHeadRefused(
+            HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+            f"The request's header fields are larger than the limit of "
+            f"{self.max_header_bytes} bytes.",
+        )
+
+    def _refuse(self, refusal: RequestHeadRefused) -> None:
+        logger.info(
+            "Refused a request from %s with %d: %s",
+            self.client[0] if self.client else "?",
+            refusal.status,
+            refusal.message,
+        )
+        document = error_document(refusal.message, ErrorCode.BAD_REQUEST)
+        body = json.dumps(document, separators=(",", ":")).encode()
+        head = [STATUS_LINE[refusal.status]]
+        head += [
+            name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
+        ]
+        head += [
+            b"content-type: application/json; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+
+    def _start_head(self) -> None:
+        self.head_deadline = self.loop.time() + self.header_timeout_s
+        if self.head_timer is None:
+            self.head_timer = self.loop.call_at(self.head_deadline, self._check_head_deadline)
+
+    def _check_head_deadline(self) -> None:
+        self.head_timer = None
+        if self.head_deadline is None:
+            return  # the next request head arms it again
+        if self.loop.time() >= self.head_deadline:
+            self.transport.close()
+        else:
+            self.head_timer = self.loop.call_at(self.head_deadline, self._check_head_deadline)
