@@ -13,6 +13,7 @@ an answer, rolls its transaction back instead of committing (see `_Unit`).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
@@ -202,8 +203,8 @@ class Database:
             autocommit_engine=make(autocommit=True),
             max_threads=settings.db_pool_size + settings.db_max_overflow,
             deadline_s=deadline_s,
-            # A work admitted later than this could still be waiting on a lock when its
-            # deadline strikes, leaving its outcome unknown.
+            # A work admitted later could still be waiting on a lock when its deadline
+            # strikes, leaving its outcome unknown.
             turns=_Turns(
                 settings.db_connections_per_event,
                 max(deadline_s - settings.db_lock_timeout_ms / 1000, 0),
@@ -262,14 +263,19 @@ class Database:
         if self._deadline_s is None:
             return await anyio.to_thread.run_sync(call, None, limiter=limiter)
         unit = _Unit()
-        with anyio.move_on_after(self._deadline_s):
-            async with self._turn(contends_for):
-                return await anyio.to_thread.run_sync(
-                    call, unit, limiter=limiter, abandon_on_cancel=True
-                )
-        raise DatabaseUnavailable(
-            f"no answer within {self._deadline_s} s", may_have_committed=unit.abandon()
-        )
+        try:
+            # asyncio's own timeout: half the cost of anyio's cancel scope on every unit.
+            async with asyncio.timeout(self._deadline_s) as budget:
+                async with self._turn(contends_for):
+                    return await anyio.to_thread.run_sync(
+                        call, unit, limiter=limiter, abandon_on_cancel=True
+                    )
+        except TimeoutError:
+            if not budget.expired():
+                raise
+            raise DatabaseUnavailable(
+                f"no answer within {self._deadline_s} s", may_have_committed=unit.abandon()
+            ) from None
 
     def _turn(self, key: Hashable | None) -> AbstractAsyncContextManager[None]:
         return nullcontext() if key is None or self._turns is None else self._turns(key)
