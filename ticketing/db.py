@@ -17,6 +17,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
+from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
@@ -126,6 +127,12 @@ def _unavailable_on_failure() -> Iterator[None]:
         raise DatabaseUnavailable(str(error).strip()) from error
 
 
+@dataclass
+class _Queue:
+    turns: anyio.Semaphore
+    waiting_or_running: int = 0
+
+
 class _Turns:
     """At most `limit` units of work per key (a row many requests lock, like a hot event's)
     hold a thread and a connection at once; the others wait their turn without one, for at
@@ -133,29 +140,31 @@ class _Turns:
 
     def __init__(self, limit: int, wait_s: float) -> None:
         self._limit, self._wait_s = limit, wait_s
-        self._waiting: dict[Hashable, tuple[anyio.Semaphore, list[None]]] = {}
+        self._queues: dict[Hashable, _Queue] = {}
 
     @asynccontextmanager
     async def __call__(self, key: Hashable) -> AsyncIterator[None]:
-        semaphore, users = self._waiting.setdefault(key, (anyio.Semaphore(self._limit), []))
-        users.append(None)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _Queue(anyio.Semaphore(self._limit))
+        queue.waiting_or_running += 1
         try:
             try:
-                semaphore.acquire_nowait()
+                queue.turns.acquire_nowait()
             except anyio.WouldBlock:
                 try:
                     with anyio.fail_after(self._wait_s):
-                        await semaphore.acquire()
+                        await queue.turns.acquire()
                 except TimeoutError:
                     raise DatabaseUnavailable(f"{key!r}: no turn within {self._wait_s} s") from None
             try:
                 yield
             finally:
-                semaphore.release()
+                queue.turns.release()
         finally:
-            users.pop()
-            if not users:
-                del self._waiting[key]
+            queue.waiting_or_running -= 1
+            if not queue.waiting_or_running:
+                del self._queues[key]
 
 
 class Database:
