@@ -74,7 +74,13 @@ class Client:
 
 @pytest.fixture(scope="module")
 def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    env = {"DATABASE_URL": database_url, "TICKETING_JWT_SECRET": JWT_SECRET}
+    env = {
+        "DATABASE_URL": database_url,
+        "TICKETING_JWT_SECRET": JWT_SECRET,
+        # About correctness, not latency: on a busy machine 30 requests per worker queued on
+        # one event can wait longer than the default deadline, and would get 503s.
+        "TICKETING_DB_DEADLINE_MS": "30000",
+    }
     with serve(env, workers=2, log_dir=tmp_path_factory.mktemp("logs")) as running:
         yield running
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pgserver
+import psutil
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
@@ -28,9 +32,10 @@ from tests.conftest import (
     make_settings,
     snapshot,
 )
-from tests.servers import serve
+from tests.servers import free_port, serve
 from ticketing import migrations
 from ticketing.api.ids import key_of
+from ticketing.api.schema import OUTCOME_UNKNOWN_MESSAGE, UNAVAILABLE_MESSAGE
 from ticketing.app import create_app
 from ticketing.db import Database, DatabaseUnavailable, create_db_engine
 from ticketing.domain import booking, errors, events
@@ -245,3 +250,200 @@ def test_service_survives_a_database_restart_under_load(
     )
     assert invariant_violations(engine) == []
     engine.dispose()
+
+
+# A frozen server (SIGSTOP; its kernel still accepts and acknowledges) must turn into 503s
+# within the deadline (3 s by default), plus a margin for a busy machine.
+DEADLINE_S = 3.0
+ANSWERED_WITHIN_S = DEADLINE_S + 1.5
+READ = "{ events(first: 5) { totalCount edges { node { id ticketsAvailable } } } }"
+
+
+@pytest.fixture
+def tcp_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
+    """A PostgreSQL server of this test's own, listening on a TCP port (so that freezing it
+    looks like a partition: connections open, no answers)."""
+    server = pgserver.get_server(tmp_path_factory.mktemp("tcp-pg"), cleanup_mode="stop")
+    socket_dir = make_url(server.get_uri()).query["host"]
+    port = free_port()
+    pg_ctl = partial(pgserver.pg_ctl, pgdata=server.pgdata, user=server.system_user)
+    pg_ctl(["-w", "-m", "fast", "stop"])
+    pg_ctl(["-w", "-o", f"-h 127.0.0.1 -p {port} -k {socket_dir}", "-l", str(server.log), "start"])
+    admin = sa.create_engine(
+        f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres",
+        isolation_level="AUTOCOMMIT",
+        poolclass=sa.NullPool,
+    )
+    with admin.connect() as connection:
+        connection.execute(sa.text("CREATE DATABASE ticketing"))
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/ticketing"
+    engine = create_db_engine(url)
+    migrations.upgrade(engine)
+    engine.dispose()
+    yield server, url
+    pg_ctl(["-w", "-m", "fast", "stop"])  # pgserver's cleanup knows only the first start
+    server.cleanup()
+
+
+@contextmanager
+def frozen(server: Any) -> Iterator[None]:
+    """Every process of the server stopped (postmaster first, so it forks no more)."""
+    postmaster_pid = int((Path(server.pgdata) / "postmaster.pid").read_text().split()[0])
+    postmaster = psutil.Process(postmaster_pid)
+    postmaster.suspend()
+    processes = [postmaster, *postmaster.children(recursive=True)]
+    try:
+        for process in processes[1:]:
+            process.suspend()
+        yield
+    finally:
+        for process in processes:
+            with suppress(psutil.NoSuchProcess):
+                process.resume()
+
+
+def test_a_frozen_database_is_answered_503_within_the_deadline(
+    tcp_postgres: tuple[Any, str], tmp_path: Path
+) -> None:
+    server, url = tcp_postgres
+    engine = create_db_engine(url)
+    event_id = insert_event(engine, capacity=1000)
+    env = {"DATABASE_URL": url, "TICKETING_JWT_SECRET": JWT_SECRET}
+
+    def reserve(customer: str, key: str | None = None) -> Any:
+        return {
+            "json": {"query": RESERVE, "variables": {"id": event_id, "n": 1}},
+            "headers": auth(customer) | ({"Idempotency-Key": key} if key else {}),
+        }
+
+    requests: dict[str, tuple[str, str, dict[str, Any]]] = {
+        "reservation": ("POST", "/graphql", reserve("frozen-unkeyed")),
+        "keyed reservation": ("POST", "/graphql", reserve("frozen-keyed", "k1")),
+        "readyz": ("GET", "/readyz", {}),
+        "read": ("POST", "/graphql", {"json": {"query": READ}}),
+        "signed-in read": ("POST", "/graphql", {"json": {"query": READ}, "headers": auth()}),
+    }
+    with serve(env, workers=1, log_dir=tmp_path) as running:
+
+        async def send(http: httpx.AsyncClient, method: str, path: str, **kw: Any) -> Any:
+            started = time.monotonic()
+            response = await http.request(method, path, **kw)
+            return response, time.monotonic() - started
+
+        async def while_frozen() -> dict[str, tuple[httpx.Response, float]]:
+            async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
+                # Warm: the pools hold open connections, as in service.
+                assert (await http.post("/graphql", **reserve("warm"))).status_code == 200
+                with frozen(server):
+
+                    async def in_turn(index: int, method: str, path: str, **kw: Any) -> Any:
+                        # The unkeyed reservation first, on the pooled connection the warm
+                        # one used: its statement is on its way when the others start.
+                        await asyncio.sleep(0 if index == 0 else 0.3)
+                        return await send(http, method, path, **kw)
+
+                    sent = [
+                        in_turn(index, method, path, **kw)
+                        for index, (method, path, kw) in enumerate(requests.values())
+                    ]
+                    # Never wait for ever on a service that doesn't bound its waits.
+                    answers = await asyncio.wait_for(asyncio.gather(*sent), timeout=15)
+                return dict(zip(requests, answers, strict=True))
+
+        try:
+            answers = asyncio.run(while_frozen())
+        except TimeoutError:
+            pytest.fail("no answer within 15 s while the database was frozen")
+        took = {name: round(seconds, 2) for name, (_, seconds) in answers.items()}
+        print(f"time to answer while frozen: {took}")
+        for name, (response, seconds) in answers.items():
+            assert response.status_code == 503, (name, response.text)
+            assert response.headers["retry-after"] == "1"
+            assert seconds < ANSWERED_WITHIN_S, (name, seconds)
+            if name != "readyz":
+                [error] = response.json()["errors"]
+                assert error["extensions"]["code"] == "SERVICE_UNAVAILABLE"
+
+        # Resumed: the service recovers.
+        recovered_by = time.monotonic() + 10
+        while httpx.get(f"{running.url}/readyz").status_code != 200:
+            assert time.monotonic() < recovered_by, "not ready again within 10 s"
+            time.sleep(0.1)
+        with httpx.Client(base_url=running.url) as http:
+            after = gql(http, RESERVE, {"id": event_id, "n": 1}, headers=auth("after"))
+        assert after["data"]["createReservation"]["reservation"]
+    # Its statement on its way, the unkeyed reservation can't know; the keyed one never
+    # reached its COMMIT, and its transaction rolled back when the database resumed.
+    message = {
+        name: response.json()["errors"][0]["message"]
+        for name, (response, _) in answers.items()
+        if name != "readyz"
+    }
+    assert message["reservation"] == OUTCOME_UNKNOWN_MESSAGE
+    assert message["keyed reservation"] == UNAVAILABLE_MESSAGE
+    assert message["read"] == UNAVAILABLE_MESSAGE
+    time.sleep(1)  # let the abandoned threads finish
+    with engine.connect() as connection:
+        made = set(connection.scalars(sa.text("SELECT customer_id FROM reservation")))
+    assert "frozen-keyed" not in made
+    assert invariant_violations(engine) == []
+    engine.dispose()
+
+
+def test_a_locked_hot_event_does_not_starve_requests_for_other_events(
+    database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    hot, other = insert_event(engine, capacity=1000), insert_event(engine, capacity=1000)
+    env = {"DATABASE_URL": database_url, "TICKETING_JWT_SECRET": JWT_SECRET}
+    read_other = {"query": "query($id: ID!) { event(id: $id) { ticketsAvailable } }"}
+    read_other["variables"] = {"id": other}  # type: ignore[assignment]
+    refusals: list[str] = []
+
+    async def timed(http: httpx.AsyncClient, **kw: Any) -> tuple[int, float]:
+        started = time.monotonic()
+        response = await http.post("/graphql", **kw)
+        if response.status_code == 503:
+            refusals.append(response.json()["errors"][0]["message"])
+        return response.status_code, time.monotonic() - started
+
+    def reserve(event_id: str, customer: str) -> dict[str, Any]:
+        variables = {"id": event_id, "n": 1}
+        return {"json": {"query": RESERVE, "variables": variables}, "headers": auth(customer)}
+
+    async def pile_up(http: httpx.AsyncClient) -> tuple[list[Any], list[Any], list[Any]]:
+        on_hot = [asyncio.create_task(timed(http, **reserve(hot, f"h{i}"))) for i in range(30)]
+        await asyncio.sleep(0.3)  # the hot event's queue has formed
+        reads, reservations = [], []
+        for index in range(8):
+            reads.append(await timed(http, json=read_other))
+            reservations.append(await timed(http, **reserve(other, f"o{index}")))
+        return await asyncio.gather(*on_hot), reads, reservations
+
+    with serve(env, workers=1, log_dir=tmp_path) as running, engine.connect() as blocker:
+        lock_event_row(blocker, hot)
+
+        async def main() -> tuple[list[Any], list[Any], list[Any]]:
+            limits = httpx.Limits(max_connections=64)
+            async with httpx.AsyncClient(base_url=running.url, timeout=30, limits=limits) as http:
+                return await pile_up(http)
+
+        on_hot, reads, reservations = asyncio.run(main())
+        blocker.rollback()
+    worst = {
+        "hot": max(took for _, took in on_hot),
+        "other reads": max(took for _, took in reads),
+        "other reservations": max(took for _, took in reservations),
+    }
+    print(f"worst waits while the hot event was locked: {worst}")
+    print(f"hot waits: {sorted(round(took, 2) for _, took in on_hot)}")
+    assert {status for status, _ in on_hot} == {503}
+    # Refused by the lock timeout or while waiting for a turn; one admitted late may still
+    # be waiting on the lock when its deadline strikes, and can't say what became of it.
+    assert set(refusals) <= {UNAVAILABLE_MESSAGE, OUTCOME_UNKNOWN_MESSAGE}
+    print(f"refusals: {Counter(refusals)}")
+    assert worst["hot"] < ANSWERED_WITHIN_S
+    assert {status for status, _ in reads + reservations} == {200}
+    # On a busy machine; queued behind the hot event's lock waits, they took 1.5 s and more.
+    assert worst["other reads"] < 1
+    assert worst["other reservations"] < 1
+    assert invariant_violations(engine) == []

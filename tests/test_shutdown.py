@@ -22,7 +22,13 @@ def test_sigterm_finishes_in_flight_mutations_then_exits(
     database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
     event_id = insert_event(engine, capacity=10)
-    env = {"DATABASE_URL": database_url, "TICKETING_JWT_SECRET": JWT_SECRET}
+    env = {
+        "DATABASE_URL": database_url,
+        "TICKETING_JWT_SECRET": JWT_SECRET,
+        # The row stays held for a few seconds: the mutation must wait, not time out.
+        "TICKETING_DB_LOCK_TIMEOUT_MS": "10000",
+        "TICKETING_DB_DEADLINE_MS": "20000",
+    }
     with serve(env, log_dir=tmp_path) as running:
         # Hold the event's row so the mutation is still running when SIGTERM arrives.
         blocker = engine.connect()

@@ -26,6 +26,12 @@ from ticketing.settings import Settings, get_settings
 logger = logging.getLogger("ticketing")
 
 
+def _not_ready(database: str) -> JSONResponse:
+    return JSONResponse(
+        {"status": "unavailable", "database": database}, 503, headers={"Retry-After": "1"}
+    )
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     if not settings.database_url:
@@ -49,9 +55,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             at_head = await db.run_autocommit(lambda session: is_at_head(session.connection()))
         except DatabaseUnavailable as error:
             logger.warning("Not ready: database unavailable: %s", error)
-            return JSONResponse({"status": "unavailable", "database": "unreachable"}, 503)
+            return _not_ready("unreachable")
         if not at_head:
-            return JSONResponse({"status": "unavailable", "database": "migrations pending"}, 503)
+            return _not_ready("migrations pending")
         return JSONResponse({"status": "ready"})
 
     async def purge_idempotency_keys() -> None:

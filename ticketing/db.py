@@ -4,12 +4,20 @@ Request handlers run on the event loop, while psycopg2 blocks: every unit of dat
 therefore runs in a worker thread through `Database.run` (or `run_autocommit`), so a slow query
 never stalls other requests. The thread limit matches the connection pool so no thread waits
 on the pool.
+
+Each unit has a deadline, waiting for a thread included: a frozen or partitioned database
+must turn into a prompt SERVICE_UNAVAILABLE, and TCP alone can't see a server whose kernel
+still acknowledges. The request then leaves its thread behind; that thread, if it ever gets
+an answer, rolls its transaction back instead of committing (see `_Unit`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
+from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
@@ -25,8 +33,37 @@ T = TypeVar("T")
 
 
 class DatabaseUnavailable(Exception):
-    """The database could not do the work now (unreachable, or a timeout); nothing was
-    committed, and retrying later may succeed."""
+    """The database could not do the work now (unreachable, or a timeout); retrying later may
+    succeed. Nothing was committed, unless `may_have_committed`: the deadline struck while a
+    statement that commits (a COMMIT, or any statement in autocommit mode) was unanswered."""
+
+    def __init__(self, message: str, *, may_have_committed: bool = False) -> None:
+        super().__init__(message)
+        self.may_have_committed = may_have_committed
+
+
+class _Unit:
+    """What a unit of work's thread and the request waiting for it share: once the request
+    gave up (`abandon`), the thread must not commit anything it has not sent yet."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._committing = False
+
+    def before_commit(self) -> None:
+        """Called by the thread before the first statement that may commit; refuses once
+        abandoned, which rolls back whatever the unit did."""
+        with self._lock:
+            if self._abandoned:
+                raise DatabaseUnavailable("abandoned: its deadline passed")
+            self._committing = True
+
+    def abandon(self) -> bool:
+        """Whether something the unit sent may still commit."""
+        with self._lock:
+            self._abandoned = True
+            return self._committing
 
 
 def create_db_engine(
@@ -37,6 +74,8 @@ def create_db_engine(
     connect_timeout_s: int = 5,
     statement_timeout_ms: int = 0,
     lock_timeout_ms: int = 0,
+    tcp_user_timeout_ms: int = 0,
+    pool_timeout_s: float = 30,
     autocommit: bool = False,
 ) -> Engine:
     """Timeouts of 0 mean none (for migrations); the service sets them from its settings.
@@ -49,6 +88,9 @@ def create_db_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
+        # Threads whose request gave up no longer count against the thread limit, and may
+        # hold connections: their successors wait this long at most.
+        pool_timeout=pool_timeout_s,
         # No liveness ping before each use: it would cost a round trip per transaction. A
         # connection broken by a database restart fails its request (SERVICE_UNAVAILABLE,
         # retryable), and SQLAlchemy then discards every pooled connection older than that.
@@ -59,6 +101,14 @@ def create_db_engine(
         connect_args={
             "application_name": "ticketing",
             "connect_timeout": connect_timeout_s,
+            # Over TCP, a partitioned server fails the socket instead of hanging it: probes
+            # on idle connections, and a limit on unacknowledged data (unix sockets ignore
+            # both; so does a server that is frozen but whose kernel still acknowledges).
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": tcp_user_timeout_ms,
             "options": options,
         },
     )
@@ -70,29 +120,82 @@ def _unavailable_on_failure() -> Iterator[None]:
         yield
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
         raise DatabaseUnavailable(str(error.orig or error).strip()) from error
+    except sa.exc.TimeoutError as error:  # no pooled connection came free in time
+        raise DatabaseUnavailable(str(error).strip()) from error
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
         # Raw, from resetting a connection that died as the pool took it back.
         raise DatabaseUnavailable(str(error).strip()) from error
+
+
+@dataclass
+class _Queue:
+    turns: anyio.Semaphore
+    waiting_or_running: int = 0
+
+
+class _Turns:
+    """At most `limit` units of work per key (a row many requests lock, like a hot event's)
+    hold a thread and a connection at once; the others wait their turn without one, for at
+    most `wait_s`, so a queue on one row can't take the connections other requests need."""
+
+    def __init__(self, limit: int, wait_s: float) -> None:
+        self._limit, self._wait_s = limit, wait_s
+        self._queues: dict[Hashable, _Queue] = {}
+
+    @asynccontextmanager
+    async def __call__(self, key: Hashable) -> AsyncIterator[None]:
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _Queue(anyio.Semaphore(self._limit))
+        queue.waiting_or_running += 1
+        try:
+            try:
+                queue.turns.acquire_nowait()
+            except anyio.WouldBlock:
+                try:
+                    with anyio.fail_after(self._wait_s):
+                        await queue.turns.acquire()
+                except TimeoutError:
+                    raise DatabaseUnavailable(f"{key!r}: no turn within {self._wait_s} s") from None
+            try:
+                yield
+            finally:
+                queue.turns.release()
+        finally:
+            queue.waiting_or_running -= 1
+            if not queue.waiting_or_running:
+                del self._queues[key]
 
 
 class Database:
     """Engines plus the means to run database work off the event loop."""
 
     def __init__(
-        self, engine: Engine, *, max_threads: int, autocommit_engine: Engine | None = None
+        self,
+        engine: Engine,
+        *,
+        max_threads: int,
+        autocommit_engine: Engine | None = None,
+        deadline_s: float | None = None,
+        turns: _Turns | None = None,
     ) -> None:
         """`autocommit_engine`: a pool of its own for `autocommit` work, since switching a
         pooled connection in and out of autocommit costs a round trip each time. Without
-        one, `engine`'s connections are switched."""
+        one, `engine`'s connections are switched. `deadline_s`: the longest `run` and
+        `run_autocommit` wait (None: no limit). `turns`: how many works that name the same
+        row in `contends_for` may run at once."""
         self.engine = engine
         self.autocommit_engine = autocommit_engine or engine.execution_options(
             isolation_level="AUTOCOMMIT"
         )
         self._max_threads = max_threads
         self._limiters: dict[Engine, anyio.CapacityLimiter] = {}
+        self._deadline_s = deadline_s
+        self._turns = turns
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str) -> Database:
+        deadline_s = settings.db_deadline_ms / 1000
         make = partial(
             create_db_engine,
             url,
@@ -101,50 +204,90 @@ class Database:
             connect_timeout_s=settings.db_connect_timeout_s,
             statement_timeout_ms=settings.db_statement_timeout_ms,
             lock_timeout_ms=settings.db_lock_timeout_ms,
+            tcp_user_timeout_ms=settings.db_deadline_ms,
+            pool_timeout_s=deadline_s,
         )
         return cls(
             make(),
             autocommit_engine=make(autocommit=True),
             max_threads=settings.db_pool_size + settings.db_max_overflow,
+            deadline_s=deadline_s,
+            # A work admitted later could still be waiting on a lock when its deadline
+            # strikes, leaving its outcome unknown.
+            turns=_Turns(
+                settings.db_connections_per_event,
+                max(deadline_s - settings.db_lock_timeout_ms / 1000, 0),
+            ),
         )
 
     def session(self) -> Session:
         # Objects outlive their transaction: resolvers read them after the commit.
         return Session(self.engine, expire_on_commit=False)
 
-    def transaction(self, work: Callable[[Session], T]) -> T:
-        """Run `work` in one transaction: committed if it returns, rolled back if it raises.
+    def transaction(self, work: Callable[[Session], T], unit: _Unit | None = None) -> T:
+        """Run `work` in one transaction: committed if it returns, rolled back if it raises
+        (or if `unit` was abandoned meanwhile).
 
         Raises DatabaseUnavailable when the database is unreachable or a statement or lock
         wait times out (the transient failures a client may retry)."""
         with _unavailable_on_failure(), self.session() as session, session.begin():
-            return work(session)
+            done = work(session)
+            if unit is not None:
+                unit.before_commit()
+            return done
 
-    def autocommit(self, work: Callable[[Session], T]) -> T:
+    def autocommit(self, work: Callable[[Session], T], unit: _Unit | None = None) -> T:
         """Run `work` with each statement committed on its own: no transaction to begin and
         commit, so a one-statement read or write is one round trip. For reads, and for work
-        whose every write is a single statement."""
+        whose every write is a single statement. Nothing is sent once `unit` is abandoned."""
         with (
             _unavailable_on_failure(),
             self.autocommit_engine.connect() as connection,
             Session(connection, expire_on_commit=False) as session,
         ):
+            if unit is not None:
+                unit.before_commit()
             return work(session)
 
-    async def run(self, work: Callable[[Session], T]) -> T:
-        """`transaction`, in a worker thread."""
-        return await self._in_thread(self.engine, partial(self.transaction, work))
+    async def run(self, work: Callable[[Session], T], *, contends_for: Hashable | None = None) -> T:
+        """`transaction`, in a worker thread. `contends_for`: the row `work` locks that
+        many requests may want at once (see `_Turns`)."""
+        return await self._in_thread(self.engine, partial(self.transaction, work), contends_for)
 
-    async def run_autocommit(self, work: Callable[[Session], T]) -> T:
+    async def run_autocommit(
+        self, work: Callable[[Session], T], *, contends_for: Hashable | None = None
+    ) -> T:
         """`autocommit`, in a worker thread."""
-        return await self._in_thread(self.autocommit_engine, partial(self.autocommit, work))
+        return await self._in_thread(
+            self.autocommit_engine, partial(self.autocommit, work), contends_for
+        )
 
-    async def _in_thread(self, engine: Engine, call: Callable[[], T]) -> T:
+    async def _in_thread(
+        self, engine: Engine, call: Callable[[_Unit | None], T], contends_for: Hashable | None
+    ) -> T:
         # As many threads per pool as it has connections: none waits for a connection.
         limiter = self._limiters.get(engine)
         if limiter is None:
             limiter = self._limiters[engine] = anyio.CapacityLimiter(self._max_threads)
-        return await anyio.to_thread.run_sync(call, limiter=limiter)
+        if self._deadline_s is None:
+            return await anyio.to_thread.run_sync(call, None, limiter=limiter)
+        unit = _Unit()
+        try:
+            # asyncio's own timeout: half the cost of anyio's cancel scope on every unit.
+            async with asyncio.timeout(self._deadline_s) as budget:
+                async with self._turn(contends_for):
+                    return await anyio.to_thread.run_sync(
+                        call, unit, limiter=limiter, abandon_on_cancel=True
+                    )
+        except TimeoutError:
+            if not budget.expired():
+                raise
+            raise DatabaseUnavailable(
+                f"no answer within {self._deadline_s} s", may_have_committed=unit.abandon()
+            ) from None
+
+    def _turn(self, key: Hashable | None) -> AbstractAsyncContextManager[None]:
+        return nullcontext() if key is None or self._turns is None else self._turns(key)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -62,7 +62,12 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=0, ge=0)
     db_connect_timeout_s: int = Field(default=3, ge=1)
     db_statement_timeout_ms: int = Field(default=5000, ge=1)
-    db_lock_timeout_ms: int = Field(default=2000, ge=1)
+    db_lock_timeout_ms: int = Field(default=1000, ge=1)
+    # Every unit of database work, waiting for a connection included: beyond it the request
+    # is answered SERVICE_UNAVAILABLE, even when the database doesn't answer at all.
+    db_deadline_ms: int = Field(default=3000, ge=100)
+    # A hot event's row serialises its reservations: more connections would only wait on it.
+    db_connections_per_event: int = Field(default=4, ge=1)
     # Anonymous query answers are shared for this long (0: never); at most a second stale.
     answer_cache_ttl_ms: int = Field(default=500, ge=0, le=1000)
     answer_cache_entries: int = Field(default=1000, ge=1)

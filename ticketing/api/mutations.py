@@ -239,6 +239,7 @@ class Mutation:
                     info, input.idempotency_key, "createReservation", input.event_id, input.quantity
                 ),
                 writes_one_statement=True,
+                event_id=event_id,
             ),
         )
 
@@ -402,15 +403,17 @@ async def _book(
     *,
     keyed: Idempotency | None = None,
     writes_one_statement: bool = False,
+    event_id: int | None = None,
 ) -> ReservationPayload | Error:
     """`writes_one_statement`: the work is atomic without a transaction (see
-    `booking.reserve`), unless a key must be claimed along with it."""
+    `booking.reserve`), unless a key must be claimed along with it. `event_id`: the event
+    whose row the work locks, when known up front (a hot sale queues there)."""
     db = info.context.db
     run = db.run_autocommit if writes_one_statement and keyed is None else db.run
     if keyed is not None:
         work = _once(work, info.context.require_viewer(), keyed)
     try:
-        done = await run(work)
+        done = await run(work, contends_for=None if event_id is None else ("event", event_id))
     except DomainError as refusal:
         return to_graphql(refusal)
     info.context.loaders.forget_all(fresh_event=done.event)

@@ -12,6 +12,7 @@ from strawberry.extensions import MaskErrors, MaxTokensLimiter, ParserCache, Sch
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.name_converter import NameConverter
 from strawberry.types import ExecutionContext
+from strawberry.types.graphql import OperationType
 from strawberry.utils.str_converters import to_camel_case
 
 from ticketing.api.context import Context
@@ -32,6 +33,10 @@ logger = logging.getLogger("ticketing.graphql")
 
 INTERNAL_ERROR_MESSAGE = "Internal server error."
 UNAVAILABLE_MESSAGE = "The service is briefly unavailable; nothing was changed. Retry shortly."
+OUTCOME_UNKNOWN_MESSAGE = (
+    "The service is briefly unavailable and could not confirm the change: it may have been "
+    "made. Retry with the same idempotency key, or check before trying again."
+)
 
 
 def is_unexpected(error: GraphQLError) -> bool:
@@ -61,9 +66,20 @@ class MaskUnexpectedErrors(MaskErrors):
         masked = super().anonymise_error(error)
         code = ErrorCode.INTERNAL_SERVER_ERROR
         if _is_unavailable(error):
-            masked.message, code = UNAVAILABLE_MESSAGE, ErrorCode.SERVICE_UNAVAILABLE
+            masked.message, code = self._unavailable_message(error), ErrorCode.SERVICE_UNAVAILABLE
         masked.extensions = {"code": code.value, "requestId": _request_id(self.execution_context)}
         return masked
+
+    def _unavailable_message(self, error: GraphQLError) -> str:
+        # A query changes nothing, whatever its statements were doing when time ran out.
+        unavailable = error.original_error
+        if (
+            isinstance(unavailable, DatabaseUnavailable)
+            and unavailable.may_have_committed
+            and self.execution_context.operation_type is OperationType.MUTATION
+        ):
+            return OUTCOME_UNKNOWN_MESSAGE
+        return UNAVAILABLE_MESSAGE
 
 
 class RequireOperationName(SchemaExtension):
