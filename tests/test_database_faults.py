@@ -7,7 +7,7 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from functools import partial
@@ -35,7 +35,12 @@ from tests.conftest import (
 from tests.servers import free_port, serve
 from ticketing import migrations
 from ticketing.api.ids import key_of
-from ticketing.api.schema import OUTCOME_UNKNOWN_MESSAGE, UNAVAILABLE_MESSAGE
+from ticketing.api.schema import (
+    ANSWER_INCOMPLETE_MESSAGE,
+    EARLIER_CHANGES_MADE_MESSAGE,
+    OUTCOME_UNKNOWN_MESSAGE,
+    UNAVAILABLE_MESSAGE,
+)
 from ticketing.app import create_app
 from ticketing.db import Database, DatabaseUnavailable, create_db_engine
 from ticketing.domain import booking, errors, events
@@ -447,3 +452,119 @@ def test_a_locked_hot_event_does_not_starve_requests_for_other_events(
     assert worst["other reads"] < 1
     assert worst["other reservations"] < 1
     assert invariant_violations(engine) == []
+
+
+RESERVE_WITH_HISTORY = """mutation($id: ID!, $n: Int!) {
+    createReservation(input: {eventId: $id, quantity: $n}) {
+        ... on ReservationPayload { reservation { id history { totalCount } } } } }"""
+
+
+@pytest.fixture
+def reads_fail_after(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """Make every one-statement unit of database work after the first `n` fail as an outage
+    would, the first `n` running on the real database."""
+
+    def arm(n: int) -> None:
+        real = Database.run_autocommit
+        calls = 0
+
+        async def failing(self: Database, work: Any, **options: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls > n:
+                raise DatabaseUnavailable("the database stopped answering")
+            return await real(self, work, **options)
+
+        monkeypatch.setattr(Database, "run_autocommit", failing)
+
+    return arm
+
+
+def test_a_mutation_whose_answer_cannot_be_read_says_its_change_was_made(
+    database_url: str, engine: Engine, reads_fail_after: Callable[[int], None]
+) -> None:
+    event_id = insert_event(engine, capacity=5)
+    with TestClient(create_app(make_settings(database_url))) as client:
+        reads_fail_after(1)  # the reservation's own statement; its history read fails
+        body = gql(
+            client,
+            RESERVE_WITH_HISTORY,
+            {"id": event_id, "n": 2},
+            headers=auth(),
+            expect_status=503,
+        )
+    [error] = body["errors"]
+    assert error["path"] == ["createReservation", "reservation", "history"]
+    assert error["message"] == ANSWER_INCOMPLETE_MESSAGE
+    with engine.connect() as connection:
+        assert connection.scalar(sa.text("SELECT sum(quantity) FROM reservation")) == 2
+
+
+def test_a_later_mutation_that_fails_does_not_deny_the_earlier_ones(
+    database_url: str, engine: Engine, reads_fail_after: Callable[[int], None]
+) -> None:
+    event_id = insert_event(engine, capacity=5)
+    twice = """mutation($id: ID!) {
+        first: createReservation(input: {eventId: $id, quantity: 1}) { __typename }
+        second: createReservation(input: {eventId: $id, quantity: 1}) { __typename } }"""
+    with TestClient(create_app(make_settings(database_url))) as client:
+        reads_fail_after(1)
+        body = gql(client, twice, {"id": event_id}, headers=auth(), expect_status=503)
+    [error] = body["errors"]
+    assert error["path"] == ["second"]
+    assert error["message"] == EARLIER_CHANGES_MADE_MESSAGE
+    with engine.connect() as connection:
+        assert connection.scalar(sa.text("SELECT count(*) FROM reservation")) == 1
+
+
+def test_a_connection_lost_while_a_reservation_commits_leaves_its_outcome_open(
+    own_postgres: tuple[Any, str],
+) -> None:
+    """A statement that commits on its own, sent and then cut off without an answer, may
+    have committed: the client must not be told that nothing was changed."""
+    _, url = own_postgres
+    engine = create_db_engine(url)
+    event_id = insert_event(engine, capacity=5)
+    settings = make_settings(
+        url, db_lock_timeout_ms=20_000, db_statement_timeout_ms=20_000, db_deadline_ms=30_000
+    )
+    with (
+        TestClient(create_app(settings)) as client,
+        engine.connect() as blocker,
+        engine.connect() as watcher,  # outside the blocker's transaction, whose view is fixed
+    ):
+        lock_event_row(blocker, event_id)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            answer = pool.submit(
+                gql, client, RESERVE, {"id": event_id, "n": 1}, headers=auth(), expect_status=503
+            )
+            waiting = None
+            deadline = time.monotonic() + 20
+            while waiting is None:
+                assert time.monotonic() < deadline, "the reservation never waited on the lock"
+                waiting = watcher.scalar(
+                    sa.text(
+                        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND query LIKE '%customer_hold%'"
+                    )
+                )
+                watcher.rollback()  # a transaction sees one snapshot of the activity
+                time.sleep(0.05)
+            # Killed outright, the backend answers nothing (PostgreSQL then restarts them all).
+            psutil.Process(waiting).kill()
+            [error] = answer.result(timeout=30)["errors"]
+        for gone in (blocker, watcher):  # their server process died too
+            gone.invalidate()
+    assert error["message"] == OUTCOME_UNKNOWN_MESSAGE
+    engine.dispose()
+    recovered = time.monotonic() + 30
+    while True:  # PostgreSQL restarts its processes after one was killed
+        try:
+            with engine.connect() as connection:
+                # The statement did not commit this time; the client could not know that.
+                assert connection.scalar(sa.text("SELECT count(*) FROM reservation")) == 0
+            break
+        except sa.exc.OperationalError:
+            assert time.monotonic() < recovered
+            time.sleep(0.2)
+    engine.dispose()

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
@@ -433,3 +434,22 @@ def test_started_event_cannot_be_cancelled(client: TestClient, engine: Engine) -
     result = data(client, CANCEL_EVENT, {"id": event_id}, headers=ORGANIZER)["cancelEvent"]
     assert result["__typename"] == "EventStarted"
     assert snapshot(engine) == before
+
+
+def test_text_stored_before_a_rule_tightened_does_not_block_other_changes(
+    client: TestClient, engine: Engine
+) -> None:
+    event_id = insert_event(engine, capacity=10)
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE event SET description = 'Doors\r\nopen at 7'"))
+    changed = data(
+        client, UPDATE_EVENT, {"input": {"eventId": event_id, "capacity": 12}}, headers=ORGANIZER
+    )["updateEvent"]
+    assert changed["__typename"] == "EventPayload"
+    refused = data(
+        client,
+        UPDATE_EVENT,
+        {"input": {"eventId": event_id, "description": "Doors\r\nopen at 8"}},
+        headers=ORGANIZER,
+    )["updateEvent"]
+    assert refused["__typename"] == "InvalidEvent"

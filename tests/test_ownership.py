@@ -188,3 +188,21 @@ def test_cancelling_an_event_records_its_organizer_by_role(
         {"kind": "CREATED", "actor": "CUSTOMER"},
         {"kind": "CANCELLED", "actor": "ORGANIZER"},
     ]
+
+
+def test_a_replayed_answer_shows_the_event_as_managed_now(
+    client: TestClient, engine: Engine
+) -> None:
+    event_id = insert_event(engine, capacity=10)
+    data(client, RESERVE, {"id": event_id}, headers=auth("alice"))
+    keyed = """mutation($id: ID!) { createReservation(
+        input: {eventId: $id, quantity: 1, idempotencyKey: "olivia-buys-one"}) {
+        ... on ReservationPayload { event { reservations { totalCount } } } } }"""
+    first = answer(client, keyed, event_id, ORGANIZER)  # olivia reserves at her own event
+    assert first["event"]["reservations"]["totalCount"] == 2
+    with engine.begin() as connection:  # then hands the event to oscar
+        connection.execute(
+            sa.text("UPDATE event SET owner_id = 'oscar' WHERE id = :id"),
+            {"id": key_of(event_id, "Event")},
+        )
+    assert answer(client, keyed, event_id, ORGANIZER)["event"]["reservations"] is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from ticketing.settings import DEVELOPMENT_JWT_SECRET, Settings
 
@@ -47,3 +48,9 @@ def test_invalid_values_are_refused(
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name.removeprefix("TICKETING_").lower()):
         Settings()
+
+
+def test_a_lock_timeout_must_end_before_the_deadline() -> None:
+    with pytest.raises(ValidationError, match="TICKETING_DB_LOCK_TIMEOUT_MS"):
+        Settings(db_lock_timeout_ms=3000, db_deadline_ms=3000)
+    assert Settings(db_lock_timeout_ms=2999, db_deadline_ms=3000).db_deadline_ms == 3000

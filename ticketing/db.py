@@ -59,6 +59,11 @@ class _Unit:
                 raise DatabaseUnavailable("abandoned: its deadline passed")
             self._committing = True
 
+    @property
+    def committing(self) -> bool:
+        with self._lock:
+            return self._committing
+
     def abandon(self) -> bool:
         """Whether something the unit sent may still commit."""
         with self._lock:
@@ -115,16 +120,26 @@ def create_db_engine(
 
 
 @contextmanager
-def _unavailable_on_failure() -> Iterator[None]:
+def _unavailable_on_failure(unit: _Unit | None = None) -> Iterator[None]:
     try:
         yield
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
-        raise DatabaseUnavailable(str(error.orig or error).strip()) from error
+        raise _unavailable(error.orig or error, unit) from error
     except sa.exc.TimeoutError as error:  # no pooled connection came free in time
         raise DatabaseUnavailable(str(error).strip()) from error
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
         # Raw, from resetting a connection that died as the pool took it back.
-        raise DatabaseUnavailable(str(error).strip()) from error
+        raise _unavailable(error, unit) from error
+
+
+def _unavailable(error: BaseException, unit: _Unit | None) -> DatabaseUnavailable:
+    # An error the server sent (a timeout, a cancel) means the statement did not commit; a
+    # connection lost without an answer leaves a statement that commits undecided.
+    answered = getattr(error, "pgcode", None) is not None
+    return DatabaseUnavailable(
+        str(error).strip(),
+        may_have_committed=unit is not None and unit.committing and not answered,
+    )
 
 
 @dataclass
@@ -230,7 +245,7 @@ class Database:
 
         Raises DatabaseUnavailable when the database is unreachable or a statement or lock
         wait times out (the transient failures a client may retry)."""
-        with _unavailable_on_failure(), self.session() as session, session.begin():
+        with _unavailable_on_failure(unit), self.session() as session, session.begin():
             done = work(session)
             if unit is not None:
                 unit.before_commit()
@@ -241,7 +256,7 @@ class Database:
         commit, so a one-statement read or write is one round trip. For reads, and for work
         whose every write is a single statement. Nothing is sent once `unit` is abandoned."""
         with (
-            _unavailable_on_failure(),
+            _unavailable_on_failure(unit),
             self.autocommit_engine.connect() as connection,
             Session(connection, expire_on_commit=False) as session,
         ):

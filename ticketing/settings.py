@@ -83,6 +83,13 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _lock_waits_end_before_the_deadline(self) -> Self:
+        # Otherwise a reservation queued behind a hot event would get no time to wait in.
+        if self.db_lock_timeout_ms >= self.db_deadline_ms:
+            raise ValueError("TICKETING_DB_LOCK_TIMEOUT_MS must be below TICKETING_DB_DEADLINE_MS.")
+        return self
+
+    @model_validator(mode="after")
     def _production_needs_a_real_secret(self) -> Self:
         secret = self.jwt_secret.get_secret_value()
         if self.env == "production" and (

@@ -42,9 +42,17 @@ class Context:
     operation_name: str | None = None
     idempotency_key: str | None = None  # the Idempotency-Key header
     loaders: Loaders = field(init=False)
+    # Whether a mutation of this request has changed something (mutations run in order).
+    made_changes: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.loaders = Loaders(self.db)
+
+    def record_change(self, fresh_event: Event) -> None:
+        """After a mutation: what this request loaded before may be stale now, and the event
+        it changed is known."""
+        self.made_changes = True
+        self.loaders.forget_all(fresh_event=fresh_event)
 
     def require_viewer(self) -> Actor:
         if self.viewer is None:

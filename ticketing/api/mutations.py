@@ -416,7 +416,7 @@ async def _book(
         done = await run(work, contends_for=None if event_id is None else ("event", event_id))
     except DomainError as refusal:
         return to_graphql(refusal)
-    info.context.loaders.forget_all(fresh_event=done.event)
+    info.context.record_change(done.event)
     return ReservationPayload.from_booking(done)
 
 
@@ -435,7 +435,7 @@ async def _change_event(
         event = await info.context.db.run(work)
     except DomainError as refusal:
         return to_graphql(refusal)
-    info.context.loaders.forget_all(fresh_event=event)
+    info.context.record_change(event)
     return EventPayload(event=Event.from_model(event))
 
 

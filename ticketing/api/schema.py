@@ -37,6 +37,14 @@ OUTCOME_UNKNOWN_MESSAGE = (
     "The service is briefly unavailable and could not confirm the change: it may have been "
     "made. Retry with the same idempotency key, or check before trying again."
 )
+ANSWER_INCOMPLETE_MESSAGE = (
+    "The change was made, but the service is briefly unavailable and could not read all of "
+    "the answer. Do not make it again: query the result shortly."
+)
+EARLIER_CHANGES_MADE_MESSAGE = (
+    "The service is briefly unavailable; this change was not made, but the request's earlier "
+    "ones were. Retry only this one, shortly."
+)
 
 
 def is_unexpected(error: GraphQLError) -> bool:
@@ -72,13 +80,18 @@ class MaskUnexpectedErrors(MaskErrors):
 
     def _unavailable_message(self, error: GraphQLError) -> str:
         # A query changes nothing, whatever its statements were doing when time ran out.
+        if self.execution_context.operation_type is not OperationType.MUTATION:
+            return UNAVAILABLE_MESSAGE
+        # Below a mutation's own field, the mutation has returned: its change is made, and
+        # only a read for its answer failed.
+        if len(error.path or ()) > 1:
+            return ANSWER_INCOMPLETE_MESSAGE
         unavailable = error.original_error
-        if (
-            isinstance(unavailable, DatabaseUnavailable)
-            and unavailable.may_have_committed
-            and self.execution_context.operation_type is OperationType.MUTATION
-        ):
+        if isinstance(unavailable, DatabaseUnavailable) and unavailable.may_have_committed:
             return OUTCOME_UNKNOWN_MESSAGE
+        context = self.execution_context.context
+        if isinstance(context, Context) and context.made_changes:
+            return EARLIER_CHANGES_MADE_MESSAGE
         return UNAVAILABLE_MESSAGE
 
 

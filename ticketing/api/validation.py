@@ -71,7 +71,7 @@ def document_validator(
             limit_error(
                 "merging",
                 limits.max_merge_checks,
-                "Checking that the query's same-named fields can be merged takes too long",
+                "Checking the query takes too long (too many same-named fields to merge)",
             )
             if is_budget_exhausted(error)
             else error

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 
@@ -74,7 +75,8 @@ class EventChanges:
 
 
 def create_event(session: Session, draft: EventDraft, *, owner_id: str) -> Event:
-    draft = _validated(draft, now=_database_now(session), starts_at_changed=True)
+    every_field = {f.name for f in fields(EventDraft)}
+    draft = _validated(draft, now=_database_now(session), changed=every_field)
     event = Event(
         owner_id=owner_id,
         name=draft.name,
@@ -110,7 +112,7 @@ def update_event(session: Session, event_id: int, changes: EventChanges, actor: 
     draft = _validated(
         replace(current, **given),  # type: ignore[arg-type]
         now=_database_now(session),
-        starts_at_changed="starts_at" in given,
+        changed=given.keys(),
     )
     reserved = event.capacity - event.tickets_available
     if draft.capacity < reserved:
@@ -207,20 +209,26 @@ def _database_now(session: Session) -> datetime:
     return now
 
 
-def _validated(draft: EventDraft, *, now: datetime, starts_at_changed: bool) -> EventDraft:
-    name = _valid_text("name", draft.name.strip(), MAX_NAME_LENGTH)
-    venue = _valid_text("venue", draft.venue.strip(), MAX_NAME_LENGTH)
-    _valid_text(
-        "description",
-        draft.description,
-        MAX_DESCRIPTION_LENGTH,
-        required=False,
-        allowed=DESCRIPTION_LAYOUT,
-    )
+def _validated(draft: EventDraft, *, now: datetime, changed: Collection[str]) -> EventDraft:
+    """`changed`: the fields given now. Text stored before a rule tightened is kept until it
+    is changed, so such an event can still have its other fields updated."""
+    name, venue = draft.name, draft.venue
+    if "name" in changed:
+        name = _valid_text("name", name.strip(), MAX_NAME_LENGTH)
+    if "venue" in changed:
+        venue = _valid_text("venue", venue.strip(), MAX_NAME_LENGTH)
+    if "description" in changed:
+        _valid_text(
+            "description",
+            draft.description,
+            MAX_DESCRIPTION_LENGTH,
+            required=False,
+            allowed=DESCRIPTION_LAYOUT,
+        )
     horizon = now + timedelta(days=365 * MAX_YEARS_AHEAD)
     starts_at = _valid_time("starts_at", draft.starts_at, horizon)
     ends_at = None if draft.ends_at is None else _valid_time("ends_at", draft.ends_at, horizon)
-    if starts_at_changed and starts_at <= now:
+    if "starts_at" in changed and starts_at <= now:
         raise InvalidEvent("starts_at", "An event must start in the future.")
     if ends_at is not None and ends_at <= starts_at:
         raise InvalidEvent("ends_at", "An event must end after it starts.")

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from ticketing.domain.booking import Actor, Booking
 from ticketing.domain.errors import IdempotencyKeyReused
@@ -64,9 +64,13 @@ def _replay(session: Session, actor: Actor, key: str, fingerprint: str) -> Booki
     assert stored.outcome is not None, "a claimed key commits with its outcome"
     if stored.fingerprint != fingerprint:
         raise IdempotencyKeyReused()
+    reservation = Reservation.model_validate(stored.outcome["reservation"])
+    # The answer as it was, but who manages the event as it is now: the event may have been
+    # handed to another organizer since.
+    owner_id = session.scalar(select(Event.owner_id).where(col(Event.id) == reservation.event_id))
     return Booking(
-        reservation=Reservation.model_validate(stored.outcome["reservation"]),
-        event=Event.model_validate(stored.outcome["event"]),
+        reservation=reservation,
+        event=Event.model_validate({**stored.outcome["event"], "owner_id": owner_id}),
     )
 
 
