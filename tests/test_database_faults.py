@@ -170,19 +170,22 @@ def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any
     """A PostgreSQL server of this test's own, so that it can be stopped and started."""
     server = pgserver.get_server(tmp_path_factory.mktemp("own-pg"), cleanup_mode="stop")
     socket_dir = make_url(server.get_uri()).query["host"]
-    admin = sa.create_engine(
-        f"postgresql+psycopg2://postgres@/postgres?host={socket_dir}",
-        isolation_level="AUTOCOMMIT",
-        poolclass=sa.NullPool,
-    )
+    yield server, migrated_database(f"postgresql+psycopg2://postgres@/postgres?host={socket_dir}")
+    server.cleanup()
+
+
+def migrated_database(maintenance_url: str) -> str:
+    """The URL of a new database `ticketing` at the latest migration, on the server of
+    `maintenance_url` (its `postgres` database)."""
+    admin = sa.create_engine(maintenance_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
     with admin.connect() as connection:
         connection.execute(sa.text("CREATE DATABASE ticketing"))
-    url = f"postgresql+psycopg2://postgres@/ticketing?host={socket_dir}"
+    admin.dispose()
+    url = make_url(maintenance_url).set(database="ticketing").render_as_string(hide_password=False)
     engine = create_db_engine(url)
     migrations.upgrade(engine)
     engine.dispose()
-    yield server, url
-    server.cleanup()
+    return url
 
 
 def test_service_survives_a_database_restart_under_load(
@@ -274,18 +277,7 @@ def tcp_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any
     pg_ctl = partial(pgserver.pg_ctl, pgdata=server.pgdata, user=server.system_user)
     pg_ctl(["-w", "-m", "fast", "stop"])
     pg_ctl(["-w", "-o", f"-h 127.0.0.1 -p {port} -k {socket_dir}", "-l", str(server.log), "start"])
-    admin = sa.create_engine(
-        f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres",
-        isolation_level="AUTOCOMMIT",
-        poolclass=sa.NullPool,
-    )
-    with admin.connect() as connection:
-        connection.execute(sa.text("CREATE DATABASE ticketing"))
-    url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/ticketing"
-    engine = create_db_engine(url)
-    migrations.upgrade(engine)
-    engine.dispose()
-    yield server, url
+    yield server, migrated_database(f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres")
     pg_ctl(["-w", "-m", "fast", "stop"])  # pgserver's cleanup knows only the first start
     server.cleanup()
 
