@@ -194,6 +194,11 @@ def test_bad_credentials_on_a_mutation_change_nothing(client: TestClient, engine
         pytest.param(bearer(sign(claims(roles=MISSING))), id="without-roles"),
         pytest.param(f"bearer {sign(claims())}", id="lower-case-scheme"),
         pytest.param(f"BEARER {sign(claims())}", id="upper-case-scheme"),
+        # An issuer whose clock runs a few seconds ahead of ours.
+        pytest.param(
+            bearer(sign(claims(iat=hours_from_now(10 / 3600), exp=hours_from_now(1)))),
+            id="issued-10s-ahead-of-our-clock",
+        ),
     ],
 )
 def test_valid_token_identifies_the_customer(client: TestClient, authorization: str) -> None:

@@ -16,6 +16,9 @@ ALGORITHM = "HS256"
 ORGANIZER_ROLE = "organizer"
 ADMIN_ROLE = "admin"
 MAX_SUBJECT_LENGTH = 255  # customer ids are stored and indexed
+# Tolerated difference between the issuer's clock and ours, for `iat` and `exp`: an external
+# issuer whose clock runs a little ahead must not have its fresh tokens refused.
+CLOCK_SKEW = timedelta(seconds=30)
 
 
 class AuthenticationError(Exception):
@@ -54,6 +57,7 @@ class TokenRules:
             algorithms=[ALGORITHM],
             issuer=self.issuer,
             audience=self.audience,
+            leeway=CLOCK_SKEW,
             options={"require": ["exp", "iat", "sub"]},
         )
         # PyJWT has checked that both convert to integers.
