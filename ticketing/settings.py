@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     max_query_depth: int = Field(default=15, ge=2)
     max_query_aliases: int = Field(default=30, ge=0)
     max_query_cost: int = Field(default=10_000, ge=100)
-    # Comparisons of same-named fields that validation may make (see api/limits.py).
+    # Work validation may spend checking that same-named fields merge (see api/limits.py).
     max_query_merge_checks: int = Field(default=10_000, ge=100)
     max_response_bytes: int = Field(default=4_000_000, ge=10_000)
     # Per worker and per pool: one for transactions, one for statements that commit alone.

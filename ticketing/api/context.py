@@ -49,8 +49,7 @@ class Context:
         self.loaders = Loaders(self.db)
 
     def record_change(self, fresh_event: Event) -> None:
-        """After a mutation: what this request loaded before may be stale now, and the event
-        it changed is known."""
+        """After a mutation changed something (see `Loaders.forget_all`)."""
         self.made_changes = True
         self.loaders.forget_all(fresh_event=fresh_event)
 
@@ -120,9 +119,7 @@ class Loaders:
         for page in pages:
             by_position[page.after_id, page.limit].append(page.reservation_id)
 
-        def load(
-            session: Session,
-        ) -> dict[tuple[int | None, int], dict[int, list[ReservationChange]]]:
+        def load(session: Session) -> dict[PagePosition, dict[int, list[ReservationChange]]]:
             return {
                 (after_id, limit): catalog.history_pages(
                     session, ids, after_id=after_id, limit=limit

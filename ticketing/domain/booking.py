@@ -69,7 +69,7 @@ class Actor:
     def manages(self, event: Owned) -> bool:
         """Whether the actor may change or cancel `event`, see its reservations and cancel
         them. To anyone else an event's management looks like a missing event."""
-        return self.is_admin or (self.is_organizer and event.owner_id == self.customer_id)
+        return self.is_admin or self._owns(event)
 
     def may_access(self, reservation: Reservation, event: Owned) -> bool:
         """Whether the actor may see (and cancel) `reservation`, a reservation of `event`."""
@@ -77,9 +77,10 @@ class Actor:
 
     def managing_role(self, event: Owned) -> ActorRole:
         """The role recorded for a change made as one who manages `event`."""
-        if self.is_organizer and event.owner_id == self.customer_id:
-            return ActorRole.ORGANIZER
-        return ActorRole.ADMIN
+        return ActorRole.ORGANIZER if self._owns(event) else ActorRole.ADMIN
+
+    def _owns(self, event: Owned) -> bool:
+        return self.is_organizer and event.owner_id == self.customer_id
 
     def role_toward(self, reservation: Reservation, event: Owned) -> ActorRole:
         """The role recorded for a change the actor makes to `reservation`: its customer's
