@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 
 from ticketing.db import Database
 from ticketing.domain import booking
+from ticketing.domain.actors import Actor
 
 _CUSTOMER = "pgbench-capture"
 _QUANTITY = 3  # distinct from the hot event's id (1), so that each can be told apart
@@ -28,11 +29,9 @@ def pgbench_script(engine: Engine, event_id: int) -> str:
 
     sa.event.listen(engine, "before_cursor_execute", capture)
     try:
-        Database(engine, max_threads=1).autocommit(
-            lambda session: booking.reserve(
-                session, event_id=event_id, actor=booking.Actor(_CUSTOMER), quantity=_QUANTITY
-            )
-        )
+        operation = booking.reserve(event_id=event_id, actor=Actor(_CUSTOMER), quantity=_QUANTITY)
+        assert operation.on_its_own is not None
+        Database(engine, max_threads=1).autocommit(operation.on_its_own)
     finally:
         sa.event.remove(engine, "before_cursor_execute", capture)
     with engine.connect() as connection:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -14,7 +15,8 @@ from sqlmodel import Session
 from tests.conftest import insert_event, invariant_violations, snapshot
 from ticketing.db import Database
 from ticketing.domain import booking, errors, events
-from ticketing.domain.booking import Actor
+from ticketing.domain.actors import Actor
+from ticketing.domain.inventory import Booking
 from ticketing.domain.models import ReservationStatus
 
 ALICE = Actor("alice")
@@ -36,19 +38,17 @@ def event_key(engine: Engine, **kwargs: object) -> int:
 
 def test_reserve_then_change_then_cancel(db: Database, engine: Engine) -> None:
     key = event_key(engine, capacity=10)
-    made = db.transaction(lambda s: booking.reserve(s, event_id=key, actor=ALICE, quantity=4))
+    made = db.transaction(booking.reserve(event_id=key, actor=ALICE, quantity=4))
     assert made.event.tickets_available == 6
     reservation_id = made.reservation.id
     assert reservation_id is not None
-    grown = db.transaction(
-        lambda s: booking.increase(s, reservation_id=reservation_id, actor=ALICE, quantity=2)
-    )
+    grown = db.transaction(booking.increase(reservation_id=reservation_id, actor=ALICE, quantity=2))
     assert (grown.reservation.quantity, grown.event.tickets_available) == (6, 4)
     shrunk = db.transaction(
-        lambda s: booking.decrease(s, reservation_id=reservation_id, actor=ALICE, quantity=5)
+        booking.decrease(reservation_id=reservation_id, actor=ALICE, quantity=5)
     )
     assert (shrunk.reservation.quantity, shrunk.event.tickets_available) == (1, 9)
-    gone = db.transaction(lambda s: booking.cancel(s, reservation_id=reservation_id, actor=ALICE))
+    gone = db.transaction(booking.cancel(reservation_id=reservation_id, actor=ALICE))
     assert gone.reservation.status == ReservationStatus.CANCELLED
     assert gone.event.tickets_available == 10
 
@@ -57,19 +57,26 @@ def test_reserve_then_change_then_cancel(db: Database, engine: Engine) -> None:
 def test_a_limit_refusal_changes_nothing(db: Database, engine: Engine, mode: str) -> None:
     key = event_key(engine, capacity=10, max_tickets_per_customer=3)
     run = db.transaction if mode == "transaction" else db.autocommit
-    run(lambda s: booking.reserve(s, event_id=key, actor=ALICE, quantity=2))
+
+    def reserve(quantity: int) -> Callable[[Session], Booking]:
+        operation = booking.reserve(event_id=key, actor=ALICE, quantity=quantity)
+        work = operation.in_transaction if mode == "transaction" else operation.on_its_own
+        assert work is not None
+        return work
+
+    run(reserve(2))
     before = snapshot(engine)
     # The statement takes the tickets before the customer's hold refuses: it must all undo.
     with pytest.raises(errors.CustomerLimitReached) as refused:
-        run(lambda s: booking.reserve(s, event_id=key, actor=ALICE, quantity=2))
+        run(reserve(2))
     assert (refused.value.limit, refused.value.held) == (3, 2)
     assert snapshot(engine) == before
 
-    def refused_then_within_the_limit(session: Session) -> booking.Booking:
+    def refused_then_within_the_limit(session: Session) -> Booking:
         with pytest.raises(errors.CustomerLimitReached):
-            booking.reserve(session, event_id=key, actor=ALICE, quantity=2)
+            reserve(2)(session)
         # The failed statement didn't spoil the transaction (a savepoint held it).
-        return booking.reserve(session, event_id=key, actor=ALICE, quantity=1)
+        return reserve(1)(session)
 
     assert run(refused_then_within_the_limit).event.tickets_available == 7
     assert invariant_violations(engine) == []
@@ -94,7 +101,7 @@ def test_threads_racing_for_the_last_tickets(db: Database, engine: Engine) -> No
     def attempt(index: int) -> str:
         actor = Actor(f"customer-{index % 10}")
         try:
-            db.transaction(lambda s: booking.reserve(s, event_id=key, actor=actor, quantity=2))
+            db.transaction(booking.reserve(event_id=key, actor=actor, quantity=2))
         except errors.DomainError as refusal:
             return type(refusal).__name__
         return "ok"
@@ -113,12 +120,12 @@ def test_capacity_changes_race_with_reservations(db: Database, engine: Engine) -
     def reserve(index: int) -> None:
         actor = Actor(f"c{index}")
         with contextlib.suppress(errors.NotEnoughTickets):
-            db.transaction(lambda s: booking.reserve(s, event_id=key, actor=actor, quantity=1))
+            db.transaction(booking.reserve(event_id=key, actor=actor, quantity=1))
 
     def shrink(capacity: int) -> None:
-        changes = events.EventChanges(capacity=capacity)
+        changes = {"capacity": capacity}
         with contextlib.suppress(errors.InvalidEvent):
-            db.transaction(lambda s: events.update_event(s, key, changes, OLIVIA))
+            db.transaction(events.update_event(key, changes, OLIVIA))
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         futures = [pool.submit(reserve, index) for index in range(60)]
@@ -131,4 +138,4 @@ def test_capacity_changes_race_with_reservations(db: Database, engine: Engine) -
 def test_started_events_take_no_reservations(db: Database, engine: Engine) -> None:
     key = event_key(engine, starts_in=timedelta(minutes=-5))
     with pytest.raises(errors.EventStarted):
-        db.transaction(lambda s: booking.reserve(s, event_id=key, actor=ALICE, quantity=1))
+        db.transaction(booking.reserve(event_id=key, actor=ALICE, quantity=1))

@@ -29,7 +29,7 @@ from tests.conftest import TABLES, insert_event, invariant_violations
 from ticketing.api.ids import key_of
 from ticketing.db import Database
 from ticketing.domain import booking, errors, events
-from ticketing.domain.booking import Actor
+from ticketing.domain.actors import Actor
 
 CUSTOMERS = ["ann", "ben", "cat"]
 # Two organizers who each own some of the events, and an admin who manages them all.
@@ -161,7 +161,7 @@ class BookingMachine(RuleBasedStateMachine):
             else refusal_for_adding(self.model, event, owner, quantity)
         ) or "ok"
         outcome, done = self.attempt(
-            lambda s: booking.reserve(s, event_id=event, actor=Actor(owner), quantity=quantity)
+            booking.reserve(event_id=event, actor=Actor(owner), quantity=quantity)
         )
         assert outcome == expected
         if outcome != "ok":
@@ -206,9 +206,7 @@ class BookingMachine(RuleBasedStateMachine):
             or "ok"
         )
         outcome, _ = self.attempt(
-            lambda s: booking.increase(
-                s, reservation_id=reservation, actor=Actor(actor), quantity=quantity
-            )
+            booking.increase(reservation_id=reservation, actor=Actor(actor), quantity=quantity)
         )
         assert outcome == expected
         if outcome == "ok":
@@ -222,9 +220,7 @@ class BookingMachine(RuleBasedStateMachine):
             "InvalidQuantity" if quantity >= mine.quantity else "ok"
         )
         outcome, _ = self.attempt(
-            lambda s: booking.decrease(
-                s, reservation_id=reservation, actor=Actor(actor), quantity=quantity
-            )
+            booking.decrease(reservation_id=reservation, actor=Actor(actor), quantity=quantity)
         )
         assert outcome == expected
         if outcome == "ok":
@@ -244,9 +240,7 @@ class BookingMachine(RuleBasedStateMachine):
             if self.model.events[mine.event].started
             else "ok"
         )
-        outcome, _ = self.attempt(
-            lambda s: booking.cancel(s, reservation_id=reservation, actor=who)
-        )
+        outcome, _ = self.attempt(booking.cancel(reservation_id=reservation, actor=who))
         assert outcome == expected
         if outcome == "ok" and not mine.cancelled:
             mine.cancelled = True
@@ -271,8 +265,8 @@ class BookingMachine(RuleBasedStateMachine):
         expected = self.event_change_refusal(event, staff) or (
             "InvalidEvent" if capacity < reserved else "ok"
         )
-        changes = events.EventChanges(capacity=capacity)
-        outcome, _ = self.attempt(lambda s: events.update_event(s, event, changes, STAFF[staff]))
+        changes = {"capacity": capacity}
+        outcome, _ = self.attempt(events.update_event(event, changes, STAFF[staff]))
         assert outcome == expected
         if outcome == "ok":
             state.available += capacity - state.capacity
@@ -283,8 +277,8 @@ class BookingMachine(RuleBasedStateMachine):
     )
     def change_limit(self, event: int, staff: str, limit: int | None) -> None:
         expected = self.event_change_refusal(event, staff) or "ok"
-        changes = events.EventChanges(max_tickets_per_customer=limit)
-        outcome, _ = self.attempt(lambda s: events.update_event(s, event, changes, STAFF[staff]))
+        changes = {"max_tickets_per_customer": limit}
+        outcome, _ = self.attempt(events.update_event(event, changes, STAFF[staff]))
         assert outcome == expected
         if outcome == "ok":
             self.model.events[event].limit = limit
@@ -303,7 +297,7 @@ class BookingMachine(RuleBasedStateMachine):
             if state.started
             else "ok"
         )
-        outcome, _ = self.attempt(lambda s: events.cancel_event(s, event, STAFF[staff]))
+        outcome, _ = self.attempt(events.cancel_event(event, STAFF[staff]))
         assert outcome == expected
         if outcome == "ok" and not state.cancelled:
             state.cancelled, state.available = True, state.capacity

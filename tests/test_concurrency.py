@@ -265,6 +265,7 @@ FIRST_RESERVATIONS_AT_ONCE = """
 import sys, threading
 from ticketing.db import Database, create_db_engine
 from ticketing.domain import booking
+from ticketing.domain.actors import Actor
 
 engine = create_db_engine(sys.argv[1], pool_size=40)
 db = Database(engine, max_threads=40)
@@ -274,8 +275,8 @@ failures = []
 def reserve(number):
     start.wait()
     try:
-        db.transaction(lambda s: booking.reserve(
-            s, event_id=int(sys.argv[2]), actor=booking.Actor(f"first-{number}"), quantity=1))
+        db.transaction(booking.reserve(
+            event_id=int(sys.argv[2]), actor=Actor(f"first-{number}"), quantity=1))
     except Exception as error:
         failures.append(repr(error))
 

@@ -44,7 +44,7 @@ from ticketing.api.schema import (
 from ticketing.app import create_app
 from ticketing.db import Database, DatabaseUnavailable, create_db_engine
 from ticketing.domain import booking, errors, events
-from ticketing.domain.booking import Actor
+from ticketing.domain.actors import Actor
 
 RESERVE = """mutation($id: ID!, $n: Int!) { createReservation(input: {eventId: $id, quantity: $n}) {
     __typename ... on ReservationPayload { reservation { id quantity } } } }"""
@@ -91,9 +91,7 @@ def test_a_failure_half_way_leaves_nothing_behind(engine: Engine) -> None:
     db = Database(engine, max_threads=4)
     key = key_of(insert_event(engine, capacity=5), "Event")
     assert key is not None
-    made = db.transaction(
-        lambda s: booking.reserve(s, event_id=key, actor=Actor("alice"), quantity=2)
-    )
+    made = db.transaction(booking.reserve(event_id=key, actor=Actor("alice"), quantity=2))
     before = snapshot(engine)
     reservation_id = made.reservation.id
     assert reservation_id is not None
@@ -109,11 +107,9 @@ def test_a_failure_half_way_leaves_nothing_behind(engine: Engine) -> None:
         )
     try:
         for work in (
-            lambda s: booking.reserve(s, event_id=key, actor=Actor("bob"), quantity=1),
-            lambda s: booking.increase(
-                s, reservation_id=reservation_id, actor=Actor("alice"), quantity=1
-            ),
-            lambda s: booking.cancel(s, reservation_id=reservation_id, actor=Actor("alice")),
+            booking.reserve(event_id=key, actor=Actor("bob"), quantity=1),
+            booking.increase(reservation_id=reservation_id, actor=Actor("alice"), quantity=1),
+            booking.cancel(reservation_id=reservation_id, actor=Actor("alice")),
         ):
             with pytest.raises(sa.exc.DBAPIError, match="the history write failed"):
                 db.transaction(work)
@@ -139,19 +135,15 @@ def test_operations_across_many_events_never_deadlock(engine: Engine) -> None:
         actor = Actor(f"c{index % 12}")
         try:
             if index % 25 == 24:
-                db.transaction(lambda s: events.cancel_event(s, key, organizer))
+                db.transaction(events.cancel_event(key, organizer))
             elif index % 7 == 6:
-                changes = events.EventChanges(capacity=chance.randint(20, 40))
-                db.transaction(lambda s: events.update_event(s, key, changes, organizer))
+                changes = {"capacity": chance.randint(20, 40)}
+                db.transaction(events.update_event(key, changes, organizer))
             else:
-                done = db.transaction(
-                    lambda s: booking.reserve(s, event_id=key, actor=actor, quantity=2)
-                )
+                done = db.transaction(booking.reserve(event_id=key, actor=actor, quantity=2))
                 reservation_id = done.reservation.id
                 assert reservation_id is not None
-                db.transaction(
-                    lambda s: booking.cancel(s, reservation_id=reservation_id, actor=actor)
-                )
+                db.transaction(booking.cancel(reservation_id=reservation_id, actor=actor))
         except errors.DomainError as refusal:
             return type(refusal).__name__
         except DatabaseUnavailable as failure:  # a deadlock would land here

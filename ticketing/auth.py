@@ -9,7 +9,7 @@ from typing import Any
 
 import jwt
 
-from ticketing.domain.booking import Actor
+from ticketing.domain.actors import Actor
 from ticketing.settings import Settings
 
 ALGORITHM = "HS256"

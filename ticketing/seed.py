@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from ticketing.domain import clock
 from ticketing.domain.events import EventDraft, create_event
 from ticketing.domain.models import Event
 
@@ -73,8 +73,7 @@ DEMO_EVENTS = [
 
 def seed_demo_events(session: Session) -> int:
     """Add the demo events that are not there yet; returns how many were added."""
-    now = session.scalar(sa.select(sa.func.now()))
-    assert now is not None
+    now = clock.read(session)
     existing = set(session.exec(select(Event.name)).all())
     added = 0
     for name, venue, days, hours, capacity, limit, description in DEMO_EVENTS:
@@ -82,7 +81,6 @@ def seed_demo_events(session: Session) -> int:
             continue
         starts_at = (now + timedelta(days=days)).replace(hour=19, minute=0, second=0, microsecond=0)
         create_event(
-            session,
             EventDraft(
                 name=name,
                 venue=venue,
@@ -93,6 +91,6 @@ def seed_demo_events(session: Session) -> int:
                 description=description,
             ),
             owner_id=DEMO_ORGANIZER,
-        )
+        )(session)
         added += 1
     return added

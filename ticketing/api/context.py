@@ -16,7 +16,7 @@ from strawberry.dataloader import DataLoader
 from ticketing.api.errors import ErrorCode, request_error
 from ticketing.db import Database
 from ticketing.domain import catalog
-from ticketing.domain.booking import Actor
+from ticketing.domain.actors import Actor
 from ticketing.domain.models import Event, Reservation, ReservationChange
 
 T = TypeVar("T")

@@ -156,7 +156,7 @@ class Query:
             rows,
             size,
             to_node=Event.from_model,
-            position_of=lambda row: [order.value, *_json_key(order.key_of(row))],
+            position_of=lambda row: [order.value, *_json_key(order.sort_key(row))],
             count=count,
             after_given=after is not None,
         )

@@ -17,8 +17,9 @@ from strawberry.utils.str_converters import to_camel_case
 
 from ticketing.api.context import Context
 from ticketing.api.errors import ErrorCode, request_error
-from ticketing.api.mutations import Mutation
+from ticketing.api.events import EventMutations
 from ticketing.api.queries import Query
+from ticketing.api.reservations import ReservationMutations
 from ticketing.api.types import Event, Reservation
 from ticketing.api.validation import (
     DOCUMENT_CACHE_SIZE,
@@ -28,6 +29,12 @@ from ticketing.api.validation import (
 )
 from ticketing.db import DatabaseUnavailable
 from ticketing.settings import Settings
+
+
+@strawberry.type(description="Reserve tickets and, as an organizer, run events.")
+class Mutation(ReservationMutations, EventMutations):
+    """Each concept's mutations; the reservations' come first in the schema."""
+
 
 logger = logging.getLogger("ticketing.graphql")
 

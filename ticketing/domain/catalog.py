@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, aliased
 from sqlmodel import Session, col, select
 
+from ticketing.domain import clock
 from ticketing.domain.models import (
     Event,
     EventStatus,
@@ -43,7 +44,7 @@ class EventOrder(enum.StrEnum):
     def descending(self) -> bool:
         return self is EventOrder.STARTS_AT_DESC
 
-    def key_of(self, event: Event) -> SortKey:
+    def sort_key(self, event: Event) -> SortKey:
         assert event.id is not None
         value = event.name if self is EventOrder.NAME_ASC else event.starts_at
         return (value, event.id)
@@ -167,7 +168,7 @@ def count_history(session: Session, reservation_ids: Sequence[int]) -> dict[int,
 
 def _event_conditions(where: EventFilter) -> list[sa.ColumnElement[bool]]:
     conditions = [
-        col(Event.starts_at) > (where.starts_after if where.starts_after else sa.func.now())
+        col(Event.starts_at) > (where.starts_after if where.starts_after else clock.now())
     ]
     if where.starts_before is not None:
         conditions.append(col(Event.starts_at) < where.starts_before)

@@ -3,17 +3,19 @@ organizer who created it, and by admins (`Actor.manages`)."""
 
 from __future__ import annotations
 
-import enum
 import re
-from collections.abc import Collection
-from dataclasses import dataclass, fields, replace
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timedelta
+from typing import Any, get_args, get_type_hints
 
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
-from ticketing.domain.booking import Actor, lock_event
-from ticketing.domain.errors import EventCancelled, EventStarted, InvalidEvent, NotFound
+from ticketing.domain import clock
+from ticketing.domain.actors import Actor
+from ticketing.domain.errors import InvalidEvent, NotFound
+from ticketing.domain.inventory import LockedEvent, lock_event, update_event_row
 from ticketing.domain.models import (
     ChangeKind,
     CustomerHold,
@@ -23,6 +25,7 @@ from ticketing.domain.models import (
     ReservationChange,
     ReservationStatus,
 )
+from ticketing.domain.operation import Operation
 from ticketing.domain.times import to_utc
 
 MAX_NAME_LENGTH = 200
@@ -38,17 +41,10 @@ FORBIDDEN_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u
 DESCRIPTION_LAYOUT = "\n\t"
 
 
-class Keep(enum.Enum):
-    """Marks a field that an update leaves as it is (distinct from setting it to None)."""
-
-    KEEP = "KEEP"
-
-
-KEEP = Keep.KEEP
-
-
 @dataclass(frozen=True)
 class EventDraft:
+    """An event's editable fields: the one list of them."""
+
     name: str
     venue: str
     starts_at: datetime
@@ -58,155 +54,119 @@ class EventDraft:
     max_tickets_per_customer: int | None = None
 
 
-@dataclass(frozen=True)
-class EventChanges:
-    name: str | Keep = KEEP
-    venue: str | Keep = KEEP
-    starts_at: datetime | Keep = KEEP
-    capacity: int | Keep = KEEP
-    description: str | Keep = KEEP
-    ends_at: datetime | Keep | None = KEEP
-    max_tickets_per_customer: int | Keep | None = KEEP
-
-    def given(self) -> dict[str, object]:
-        return {
-            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not KEEP
-        }
+EDITABLE_FIELDS = tuple(field.name for field in fields(EventDraft))
+# The fields that an update may set to null (clear); for the others null means no change.
+CLEARABLE_FIELDS = frozenset(
+    name for name, kind in get_type_hints(EventDraft).items() if type(None) in get_args(kind)
+)
 
 
-def create_event(session: Session, draft: EventDraft, *, owner_id: str) -> Event:
-    every_field = {f.name for f in fields(EventDraft)}
-    draft = _validated(draft, now=_database_now(session), changed=every_field)
-    event = Event(
-        owner_id=owner_id,
-        name=draft.name,
-        description=draft.description,
-        venue=draft.venue,
-        starts_at=draft.starts_at,
-        ends_at=draft.ends_at,
-        capacity=draft.capacity,
-        tickets_available=draft.capacity,
-        max_tickets_per_customer=draft.max_tickets_per_customer,
-    )
-    session.add(event)
-    session.flush()
-    return event
-
-
-def update_event(session: Session, event_id: int, changes: EventChanges, actor: Actor) -> Event:
-    event, started = _lock_managed_event(session, event_id, actor)
-    if event.status == EventStatus.CANCELLED:
-        raise EventCancelled()
-    if started:
-        raise EventStarted()
-    given = changes.given()
-    current = EventDraft(
-        name=event.name,
-        venue=event.venue,
-        starts_at=event.starts_at,
-        capacity=event.capacity,
-        description=event.description,
-        ends_at=event.ends_at,
-        max_tickets_per_customer=event.max_tickets_per_customer,
-    )
-    draft = _validated(
-        replace(current, **given),  # type: ignore[arg-type]
-        now=_database_now(session),
-        changed=given.keys(),
-    )
-    reserved = event.capacity - event.tickets_available
-    if draft.capacity < reserved:
-        raise InvalidEvent(
-            "capacity", f"Capacity can't drop below the {reserved} tickets already reserved."
-        )
-    values: dict[str, object] = {
-        "name": draft.name,
-        "description": draft.description,
-        "venue": draft.venue,
-        "starts_at": draft.starts_at,
-        "ends_at": draft.ends_at,
-        "max_tickets_per_customer": draft.max_tickets_per_customer,
-        "capacity": draft.capacity,
-        # Availability follows capacity; the reserved tickets stay reserved.
-        "tickets_available": col(Event.tickets_available) + (draft.capacity - col(Event.capacity)),
-        "updated_at": sa.func.now(),
-    }
-    return _update_event_row(session, event_id, values)
-
-
-def cancel_event(session: Session, event_id: int, actor: Actor) -> Event:
-    """Cancel the event and every active reservation of it. Cancelling again changes nothing."""
-    event, started = _lock_managed_event(session, event_id, actor)
-    if event.status == EventStatus.CANCELLED:
+def create_event(draft: EventDraft, *, owner_id: str) -> Operation[Event]:
+    def work(session: Session) -> Event:
+        valid = _validated(draft, now=clock.read(session), changed=EDITABLE_FIELDS)
+        event = Event(owner_id=owner_id, tickets_available=valid.capacity, **asdict(valid))
+        session.add(event)
+        session.flush()
         return event
-    if started:
-        raise EventStarted()
-    released = session.exec(
-        sa.update(Reservation)
-        .where(
-            col(Reservation.event_id) == event_id,
-            col(Reservation.status) == ReservationStatus.ACTIVE,
-        )
-        .values(
-            status=ReservationStatus.CANCELLED,
-            cancelled_at=sa.func.now(),
-            updated_at=sa.func.now(),
-        )
-        .returning(col(Reservation.id), col(Reservation.quantity))
-    ).all()
-    if released:
-        session.exec(
-            sa.update(CustomerHold).where(col(CustomerHold.event_id) == event_id).values(tickets=0)
-        )
-        session.exec(
-            sa.insert(ReservationChange),
-            params=[
-                {
-                    "reservation_id": reservation_id,
-                    "kind": ChangeKind.CANCELLED,
-                    "quantity": quantity,
-                    "actor": actor.customer_id,
-                    "actor_role": actor.managing_role(event),
-                }
-                for reservation_id, quantity in released
-            ],
-        )
-    return _update_event_row(
-        session,
-        event_id,
-        {
-            "status": EventStatus.CANCELLED,
-            "tickets_available": col(Event.capacity),
-            "updated_at": sa.func.now(),
-        },
-    )
+
+    return Operation(work)
 
 
-def _lock_managed_event(session: Session, event_id: int, actor: Actor) -> tuple[Event, bool]:
+def update_event(event_id: int, changes: Mapping[str, Any], actor: Actor) -> Operation[Event]:
+    """`changes`: new values of some of the `EDITABLE_FIELDS`."""
+    unknown = changes.keys() - set(EDITABLE_FIELDS)
+    if unknown:
+        raise ValueError(f"Not editable event fields: {sorted(unknown)}")
+
+    def work(session: Session) -> Event:
+        locked = _lock_managed_event(session, event_id, actor)
+        locked.refuse()
+        event = locked.event
+        current = EventDraft(**{name: getattr(event, name) for name in EDITABLE_FIELDS})
+        draft = _validated(
+            replace(current, **changes), now=clock.read(session), changed=changes.keys()
+        )
+        reserved = event.capacity - event.tickets_available
+        if draft.capacity < reserved:
+            raise InvalidEvent(
+                "capacity", f"Capacity can't drop below the {reserved} tickets already reserved."
+            )
+        return update_event_row(
+            session,
+            event_id,
+            asdict(draft)
+            | {
+                # Availability follows capacity; the reserved tickets stay reserved.
+                "tickets_available": col(Event.tickets_available)
+                + (draft.capacity - col(Event.capacity)),
+                "updated_at": clock.now(),
+            },
+        )
+
+    return Operation(work)
+
+
+def cancel_event(event_id: int, actor: Actor) -> Operation[Event]:
+    """Cancel the event and every active reservation of it. Cancelling again changes nothing."""
+
+    def work(session: Session) -> Event:
+        locked = _lock_managed_event(session, event_id, actor)
+        event = locked.event
+        if event.status == EventStatus.CANCELLED:
+            return event
+        locked.refuse()
+        released = session.exec(
+            sa.update(Reservation)
+            .where(
+                col(Reservation.event_id) == event_id,
+                col(Reservation.status) == ReservationStatus.ACTIVE,
+            )
+            .values(
+                status=ReservationStatus.CANCELLED,
+                cancelled_at=clock.now(),
+                updated_at=clock.now(),
+            )
+            .returning(col(Reservation.id), col(Reservation.quantity))
+        ).all()
+        if released:
+            session.exec(
+                sa.update(CustomerHold)
+                .where(col(CustomerHold.event_id) == event_id)
+                .values(tickets=0)
+            )
+            session.exec(
+                sa.insert(ReservationChange),
+                params=[
+                    {
+                        "reservation_id": reservation_id,
+                        "kind": ChangeKind.CANCELLED,
+                        "quantity": quantity,
+                        "actor": actor.customer_id,
+                        "actor_role": actor.managing_role(event),
+                    }
+                    for reservation_id, quantity in released
+                ],
+            )
+        return update_event_row(
+            session,
+            event_id,
+            {
+                "status": EventStatus.CANCELLED,
+                "tickets_available": col(Event.capacity),
+                "updated_at": clock.now(),
+            },
+        )
+
+    return Operation(work)
+
+
+def _lock_managed_event(session: Session, event_id: int, actor: Actor) -> LockedEvent:
     """Lock the event if the actor manages it; to anyone else it doesn't exist. Checked under
     the lock, so the answer can't depend on a change racing with it."""
-    event, started = lock_event(session, event_id)
-    if not actor.manages(event):
+    locked = lock_event(session, event_id)
+    if not actor.manages(locked.event):
         raise NotFound("Event", event_id)
-    return event, started
-
-
-def _update_event_row(session: Session, event_id: int, values: dict[str, object]) -> Event:
-    updated = session.exec(
-        sa.update(Event)
-        .where(col(Event.id) == event_id)
-        .values(values)
-        .returning(Event)
-        .execution_options(populate_existing=True)
-    )
-    event: Event = updated.scalars().one()
-    return event
-
-
-def _database_now(session: Session) -> datetime:
-    now = session.scalar(sa.select(sa.func.now()))
-    assert isinstance(now, datetime)
-    return now
+    return locked
 
 
 def _validated(draft: EventDraft, *, now: datetime, changed: Collection[str]) -> EventDraft:

@@ -9,16 +9,18 @@ refusal, which changes nothing and is not remembered), the retry claims the key 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session, col, select
 
-from ticketing.domain.booking import Actor, Booking
+from ticketing.domain import clock
+from ticketing.domain.actors import Actor
 from ticketing.domain.errors import IdempotencyKeyReused
+from ticketing.domain.inventory import Booking
 from ticketing.domain.models import Event, IdempotencyKey, Reservation
+from ticketing.domain.operation import Operation
 
 MAX_KEY_LENGTH = 255
 
@@ -28,15 +30,20 @@ def is_valid_key(key: str) -> bool:
 
 
 def once(
-    session: Session,
-    *,
-    actor: Actor,
-    key: str,
-    fingerprint: str,
-    perform: Callable[[Session], Booking],
+    operation: Operation[Booking], *, actor: Actor, key: str, fingerprint: str
+) -> Operation[Booking]:
+    """`operation`, unless this customer already did it under `key`: then its first answer.
+    `fingerprint` identifies the request; the same key with another one is refused. The key
+    is claimed in the operation's transaction, so it always runs in one."""
+    return Operation(
+        lambda session: _once(session, operation, actor, key, fingerprint),
+        contends_for=operation.contends_for,
+    )
+
+
+def _once(
+    session: Session, operation: Operation[Booking], actor: Actor, key: str, fingerprint: str
 ) -> Booking:
-    """`perform`, unless this customer already did it under `key`: then its first answer.
-    `fingerprint` identifies the request; the same key with another one is refused."""
     claimed = session.exec(
         insert(IdempotencyKey)
         .values(customer_id=actor.customer_id, key=key, fingerprint=fingerprint)
@@ -45,7 +52,7 @@ def once(
     ).first()
     if claimed is None:
         return _replay(session, actor, key, fingerprint)
-    done = perform(session)
+    done = operation(session)
     outcome = {
         "reservation": done.reservation.model_dump(mode="json"),
         "event": done.event.model_dump(mode="json"),
@@ -77,6 +84,6 @@ def _replay(session: Session, actor: Actor, key: str, fingerprint: str) -> Booki
 def purge_expired(session: Session, *, older_than: timedelta) -> int:
     """Forget keys older than `older_than`; returns how many."""
     purged = session.exec(
-        sa.delete(IdempotencyKey).where(col(IdempotencyKey.created_at) < sa.func.now() - older_than)
+        sa.delete(IdempotencyKey).where(col(IdempotencyKey.created_at) < clock.now() - older_than)
     )
     return int(purged.rowcount)

@@ -1,0 +1,116 @@
+"""The booking rules every path shares: the one order of refusals, and the per-customer limit.
+
+The refusal order is one SQL expression: the reserve statement takes tickets only where it is
+null, and every locked path reads it beside the rows it locks, so a refusal names the same
+reason whichever path met it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from ticketing.domain import clock
+from ticketing.domain.errors import (
+    CustomerLimitReached,
+    DomainError,
+    EventCancelled,
+    EventStarted,
+    InvalidQuantity,
+    NotEnoughTickets,
+    ReservationCancelled,
+)
+from ticketing.domain.models import CustomerHold, Event, EventStatus, Reservation, ReservationStatus
+
+
+class Refusal(enum.StrEnum):
+    """Why tickets can't be booked or changed, in the order they are checked. The event's
+    state comes first: it explains why its reservations were cancelled."""
+
+    EVENT_CANCELLED = "EVENT_CANCELLED"
+    RESERVATION_CANCELLED = "RESERVATION_CANCELLED"
+    EVENT_STARTED = "EVENT_STARTED"
+    NOT_ENOUGH_TICKETS = "NOT_ENOUGH_TICKETS"
+
+
+def refusal(
+    *, taking: int | sa.ColumnElement[int] = 0, of_reservation: bool = False
+) -> sa.ColumnElement[str | None]:
+    """The first refusal that applies to taking `taking` more tickets of an `event` row (and,
+    with `of_reservation`, changing a `reservation` row), else null."""
+    reasons: list[tuple[sa.ColumnElement[bool], str]] = [
+        (col(Event.status) == EventStatus.CANCELLED, Refusal.EVENT_CANCELLED)
+    ]
+    if of_reservation:
+        reasons.append(
+            (col(Reservation.status) == ReservationStatus.CANCELLED, Refusal.RESERVATION_CANCELLED)
+        )
+    reasons += [
+        (col(Event.starts_at) <= clock.now(), Refusal.EVENT_STARTED),
+        (col(Event.tickets_available) < taking, Refusal.NOT_ENOUGH_TICKETS),
+    ]
+    return sa.case(*reasons, else_=sa.null())
+
+
+def refuse(reason: str | None, event: Event, *, taking: int = 0) -> None:
+    """Raise the refusal that `refusal()` named, if any."""
+    if reason is None:
+        return
+    errors: dict[str, DomainError] = {
+        Refusal.EVENT_CANCELLED: EventCancelled(),
+        Refusal.RESERVATION_CANCELLED: ReservationCancelled(),
+        Refusal.EVENT_STARTED: EventStarted(),
+        Refusal.NOT_ENOUGH_TICKETS: NotEnoughTickets(
+            requested=taking, available=event.tickets_available
+        ),
+    }
+    raise errors[reason]
+
+
+def require_positive(quantity: int) -> None:
+    if quantity < 1:
+        raise InvalidQuantity(min=1, max=None)
+
+
+class LimitLifted(Exception):
+    """The limit that refused a change was lifted before the refusal could be explained."""
+
+
+@contextlib.contextmanager
+def customer_limit(
+    session: Session, *, event_id: int, customer_id: str, savepoint: bool
+) -> Iterator[None]:
+    """Enforces the per-customer limit around a write that adds to a customer's hold.
+
+    The limit has one mechanism: the `hold_within_limit` CHECK on the customer's row in
+    `customer_hold`, which every write adding tickets sets to the event's current limit. That
+    row is upserted in the same statement that takes tickets, so it sees (and waits for)
+    concurrent bookings by the same customer. A violation becomes CustomerLimitReached.
+    `savepoint`: keep the caller's transaction usable after the failed statement."""
+    try:
+        with session.begin_nested() if savepoint else contextlib.nullcontext():
+            yield
+    except sa.exc.IntegrityError as error:
+        diagnostics = getattr(error.orig, "diag", None)
+        if diagnostics is None or diagnostics.constraint_name != "hold_within_limit":
+            raise
+        limit = session.scalar(
+            select(Event.max_tickets_per_customer).where(col(Event.id) == event_id)
+        )
+        if limit is None:
+            raise LimitLifted() from None
+        raise CustomerLimitReached(limit=limit, held=held(session, event_id, customer_id)) from None
+
+
+def held(session: Session, event_id: int, customer_id: str) -> int:
+    """The tickets a customer holds for an event, over all their reservations of it."""
+    tickets = session.scalar(
+        select(CustomerHold.tickets).where(
+            col(CustomerHold.event_id) == event_id, col(CustomerHold.customer_id) == customer_id
+        )
+    )
+    return tickets or 0
