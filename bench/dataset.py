@@ -35,9 +35,9 @@ _STATEMENTS = [
         LATERAL (SELECT CASE n WHEN 1 THEN {HOT_EVENT_CAPACITY} ELSE {EVENT_CAPACITY} END)
             AS c(capacity)""",
     # Each customer holds 1 or 2 tickets for each of 20 consecutive events (never the hot one).
-    f"""INSERT INTO reservation (event_id, customer_id, quantity, status)
+    f"""INSERT INTO reservation (event_id, customer_id, quantity, status, confirmed_at)
     SELECT 2 + (c * {RESERVATIONS_EACH} + k) % ({EVENTS} - 1), 'bench-customer-' || c,
-        1 + k % 2, 'ACTIVE'
+        1 + k % 2, 'ACTIVE', now()
     FROM generate_series(1, {CUSTOMERS}) AS c, generate_series(0, {RESERVATIONS_EACH - 1}) AS k
     ORDER BY c, k""",
     """INSERT INTO reservation_change (reservation_id, kind, quantity, actor, actor_role)

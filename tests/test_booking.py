@@ -87,9 +87,20 @@ def test_database_constraints_back_the_rules(engine: Engine) -> None:
     for statement in (
         "UPDATE event SET tickets_available = -1 WHERE id = :id",
         "UPDATE event SET tickets_available = capacity + 1 WHERE id = :id",
-        "INSERT INTO reservation (event_id, customer_id, quantity) VALUES (:id, 'x', 0)",
+        "INSERT INTO reservation (event_id, customer_id, quantity, confirmed_at)"
+        " VALUES (:id, 'x', 0, now())",
+        "INSERT INTO reservation (event_id, customer_id, quantity, status, confirmed_at)"
+        " VALUES (:id, 'x', 1, 'CANCELLED', now())",
+        # Final without a confirmation time; held without an end; an end once final.
+        "INSERT INTO reservation (event_id, customer_id, quantity) VALUES (:id, 'x', 1)",
         "INSERT INTO reservation (event_id, customer_id, quantity, status)"
-        " VALUES (:id, 'x', 1, 'CANCELLED')",
+        " VALUES (:id, 'x', 1, 'HELD')",
+        "INSERT INTO reservation (event_id, customer_id, quantity, confirmed_at, expires_at)"
+        " VALUES (:id, 'x', 1, now(), now())",
+        # An offer without its reservation.
+        "INSERT INTO waitlist_entry (event_id, customer_id, quantity, status)"
+        " VALUES (:id, 'x', 1, 'OFFERED')",
+        "UPDATE event SET hold_minutes = 121 WHERE id = :id",
     ):
         with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
             connection.execute(sa.text(statement), {"id": key})

@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -16,9 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from ticketing import background
 from ticketing.api.schema import build_schema
 from ticketing.db import Database, DatabaseUnavailable
-from ticketing.domain import idempotency
 from ticketing.http import GraphQLEndpoint
 from ticketing.migrations import is_at_head
 from ticketing.settings import Settings, get_settings
@@ -60,23 +59,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
             return _not_ready("migrations pending")
         return JSONResponse({"status": "ready"})
 
-    async def purge_idempotency_keys() -> None:
-        ttl = timedelta(hours=settings.idempotency_key_ttl_hours)
-        while True:
-            try:
-                purged = await db.run(lambda s: idempotency.purge_expired(s, older_than=ttl))
-                logger.debug("Purged %d expired idempotency keys", purged)
-            except DatabaseUnavailable as error:
-                logger.warning("Could not purge idempotency keys: %s", error)
-            await asyncio.sleep(settings.idempotency_purge_interval_s)
-
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        purging = asyncio.create_task(purge_idempotency_keys())
+        tasks = [
+            asyncio.create_task(background.purge_idempotency_keys(db, settings)),
+            asyncio.create_task(background.release_expired_holds(db, settings)),
+        ]
         yield
-        purging.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await purging
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         db.dispose()
 
     middleware = []

@@ -1,5 +1,6 @@
 """Bearer tokens: HS256 JWTs whose `sub` is the customer and whose `roles` may grant
-`organizer` (creates events and manages their own) or `admin` (manages every event)."""
+`organizer` (creates events and manages their own), `admin` (manages every event) or
+`checkout` (a payment backend: confirms holds)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ticketing.settings import Settings
 ALGORITHM = "HS256"
 ORGANIZER_ROLE = "organizer"
 ADMIN_ROLE = "admin"
+CHECKOUT_ROLE = "checkout"
 MAX_SUBJECT_LENGTH = 255  # customer ids are stored and indexed
 # Tolerated difference between the issuer's clock and ours, for `iat` and `exp`: an external
 # issuer whose clock runs a little ahead must not have its fresh tokens refused.
@@ -94,7 +96,10 @@ def authenticate(authorization: str | None, rules: TokenRules) -> Actor | None:
     if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
         raise AuthenticationError("The token's roles must be a list of strings.")
     return Actor(
-        customer_id=subject, is_organizer=ORGANIZER_ROLE in roles, is_admin=ADMIN_ROLE in roles
+        customer_id=subject,
+        is_organizer=ORGANIZER_ROLE in roles,
+        is_admin=ADMIN_ROLE in roles,
+        is_checkout=CHECKOUT_ROLE in roles,
     )
 
 

@@ -14,7 +14,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from ticketing import migrations
-from ticketing.auth import ADMIN_ROLE, ORGANIZER_ROLE, mint_token
+from ticketing.auth import ADMIN_ROLE, CHECKOUT_ROLE, ORGANIZER_ROLE, mint_token
 from ticketing.db import create_db_engine
 from ticketing.seed import DEMO_ORGANIZER
 from ticketing.settings import DEVELOPMENT_JWT_SECRET, Settings, get_settings
@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--organizer", action="store_true", help="grant the organizer role")
     token.add_argument(
         "--admin", action="store_true", help="grant the admin role (manages every event)"
+    )
+    token.add_argument(
+        "--checkout",
+        action="store_true",
+        help="grant the checkout role (a payment backend: confirms anyone's holds)",
     )
     token.add_argument("--hours", type=float, default=24.0, help="lifetime in hours")
     token.set_defaults(run=_token)
@@ -178,7 +183,11 @@ def _token(args: argparse.Namespace) -> int:
     settings = get_settings()
     roles = [
         role
-        for role, wanted in ((ORGANIZER_ROLE, args.organizer), (ADMIN_ROLE, args.admin))
+        for role, wanted in (
+            (ORGANIZER_ROLE, args.organizer),
+            (ADMIN_ROLE, args.admin),
+            (CHECKOUT_ROLE, args.checkout),
+        )
         if wanted
     ]
     ttl = timedelta(hours=args.hours)

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     answer_cache_entries: int = Field(default=1000, ge=1)
     idempotency_key_ttl_hours: float = Field(default=24, ge=24)
     idempotency_purge_interval_s: float = Field(default=3600, gt=0)
+    # How often each process looks for holds that ran out: a hold is EXPIRED, and its tickets
+    # back, within about this long of its `expiresAt` even on an event nobody touches.
+    hold_sweep_interval_s: float = Field(default=0.25, gt=0, le=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("cors_origins", mode="before")

@@ -6,6 +6,7 @@ problems with the request itself become top-level errors with an `extensions.cod
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 
 import strawberry
@@ -71,13 +72,29 @@ class CustomerLimitReached(Error):
         description="The most tickets one customer may hold for the event."
     )
     held: int = strawberry.field(
-        description="The tickets the customer already holds in active reservations."
+        description="The tickets the customer already holds in HELD and ACTIVE reservations."
     )
 
 
 @strawberry.type(description="The reservation is cancelled and can't be changed.")
 class ReservationCancelled(Error):
     pass
+
+
+@strawberry.type(
+    description="The reservation's hold ran out before it was confirmed: its tickets went back "
+    "(to the waitlist first, then on sale). Reserve again if tickets are available."
+)
+class HoldExpired(Error):
+    expired_at: datetime = strawberry.field(description="When the hold ran out.")
+
+
+@strawberry.type(
+    description="Enough tickets are on sale right now: reserve them instead of joining the "
+    "waitlist."
+)
+class TicketsAvailable(Error):
+    available: int = strawberry.field(description="The tickets available right now.")
 
 
 @strawberry.type(description="The event is cancelled: it takes no reservations and no changes.")
@@ -118,6 +135,10 @@ def to_graphql(error: domain.DomainError) -> Error:
             return CustomerLimitReached(message=error.message, limit=limit, held=held)
         case domain.ReservationCancelled():
             return ReservationCancelled(message=error.message)
+        case domain.HoldExpired(expired_at=expired_at):
+            return HoldExpired(message=error.message, expired_at=expired_at)
+        case domain.TicketsAvailable(available=available):
+            return TicketsAvailable(message=error.message, available=available)
         case domain.EventCancelled():
             return EventCancelled(message=error.message)
         case domain.EventStarted():

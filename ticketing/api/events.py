@@ -46,6 +46,11 @@ class CreateEventInput:
         default=None,
         description="The most tickets one customer may hold; at least 1, null for no limit.",
     )
+    hold_minutes: int | None = strawberry.field(
+        default=None,
+        description="How long a new reservation holds its tickets (HELD) before it must be "
+        "confirmed, 1 to 120 minutes; null (the default) makes reservations final at once.",
+    )
 
 
 @strawberry.input(
@@ -74,6 +79,11 @@ class UpdateEventInput:
         default=strawberry.UNSET,
         description="A new per-customer limit; null removes the limit. Reservations already "
         "above a lowered limit are kept.",
+    )
+    hold_minutes: int | None = strawberry.field(
+        default=strawberry.UNSET,
+        description="A new hold time, 1 to 120 minutes; null makes new reservations final at "
+        "once. Applies to new holds only: existing holds keep their `expiresAt`.",
     )
 
 

@@ -14,7 +14,7 @@ from ticketing.api.context import Info
 from ticketing.api.errors import Error, ErrorCode, request_error, to_graphql
 from ticketing.domain import idempotency, models
 from ticketing.domain.errors import DomainError
-from ticketing.domain.inventory import Booking
+from ticketing.domain.idempotency import Outcome
 from ticketing.domain.operation import Operation
 
 T = TypeVar("T")
@@ -42,11 +42,12 @@ async def attempt(
     error type, a success is remembered as a change to `changed(done)`."""
     db = info.context.db
     try:
+        done = None
         if operation.on_its_own is not None:
             done = await db.run_autocommit(
                 operation.on_its_own, contends_for=operation.contends_for
             )
-        else:
+        if done is None:
             done = await db.run(operation.in_transaction, contends_for=operation.contends_for)
     except DomainError as refusal:
         return to_graphql(refusal)
@@ -55,8 +56,8 @@ async def attempt(
 
 
 def at_most_once(
-    info: Info, operation: Operation[Booking], given_key: str | None, *request: object
-) -> Operation[Booking]:
+    info: Info, operation: Operation[Outcome], given_key: str | None, *request: object
+) -> Operation[Outcome]:
     """`operation` under the request's idempotency key (the input field's, else the
     header's), if it has one. `request`: what the request asks for, so that the same key
     can't be reused for another."""

@@ -28,6 +28,7 @@ from ticketing.api.types import (
     ReservationStatus,
     reservation_connection,
 )
+from ticketing.api.waitlist import WaitlistEntry, WaitlistStatus, visible_entry, waitlist_connection
 from ticketing.domain import catalog
 from ticketing.domain.times import to_utc
 
@@ -98,6 +99,8 @@ class Query:
             return await _event(info, key)
         if type_name == "Reservation":
             return await _reservation(info, key)
+        if type_name == "WaitlistEntry":
+            return await visible_entry(info, key)
         return None
 
     @strawberry.field(description="An event by ID; null if there is none.")
@@ -174,6 +177,21 @@ class Query:
     ) -> Connection[Reservation]:
         viewer = info.context.require_viewer()
         return await reservation_connection(
+            info, first=first, after=after, status=status, customer_id=viewer.customer_id
+        )
+
+    @strawberry.field(description="The viewer's waitlist entries, newest first. Requires a token.")
+    async def my_waitlist_entries(
+        self,
+        info: Info,
+        first: First = DEFAULT_PAGE_SIZE,
+        after: After = None,
+        status: Annotated[
+            WaitlistStatus | None, strawberry.argument(description="Only entries with this status.")
+        ] = None,
+    ) -> Connection[WaitlistEntry]:
+        viewer = info.context.require_viewer()
+        return await waitlist_connection(
             info, first=first, after=after, status=status, customer_id=viewer.customer_id
         )
 

@@ -13,6 +13,7 @@ from ticketing.api.errors import (
     Error,
     EventCancelled,
     EventStarted,
+    HoldExpired,
     IdempotencyKeyReused,
     InvalidQuantity,
     NotEnoughTickets,
@@ -62,6 +63,14 @@ class UpdateReservationInput:
     )
 
 
+@strawberry.input(description="Confirm a HELD reservation, making it final.")
+class ConfirmReservationInput:
+    reservation_id: strawberry.ID = strawberry.field(description="The reservation's global ID.")
+    idempotency_key: str | None = strawberry.field(
+        default=None, description=IDEMPOTENCY_KEY_DESCRIPTION
+    )
+
+
 @strawberry.input(description="Cancel a reservation, releasing its tickets.")
 class CancelReservationInput:
     reservation_id: strawberry.ID = strawberry.field(description="The reservation's global ID.")
@@ -100,6 +109,7 @@ UpdateReservationResult: TypeAlias = Annotated[
     | NotEnoughTickets
     | CustomerLimitReached
     | ReservationCancelled
+    | HoldExpired
     | EventCancelled
     | EventStarted
     | IdempotencyKeyReused,
@@ -107,8 +117,21 @@ UpdateReservationResult: TypeAlias = Annotated[
         "UpdateReservationResult", description="The changed reservation, or why it was refused."
     ),
 ]
+ConfirmReservationResult: TypeAlias = Annotated[
+    ReservationPayload
+    | NotFound
+    | HoldExpired
+    | ReservationCancelled
+    | EventCancelled
+    | EventStarted
+    | IdempotencyKeyReused,
+    strawberry.union(
+        "ConfirmReservationResult",
+        description="The confirmed reservation, or why it can't be confirmed.",
+    ),
+]
 CancelReservationResult: TypeAlias = Annotated[
-    ReservationPayload | NotFound | EventStarted,
+    ReservationPayload | NotFound | EventStarted | HoldExpired,
     strawberry.union(
         "CancelReservationResult",
         description="The cancelled reservation, or why it can't be cancelled.",
@@ -175,9 +198,34 @@ class ReservationMutations:
         return cast(UpdateReservationResult, await _book(info, keyed))
 
     @strawberry.mutation(
-        description="Cancel a reservation, releasing its tickets. Cancelling a cancelled "
-        "reservation returns it unchanged, so retries are safe. An event's organizer may "
-        "cancel any of its reservations."
+        description="Confirm a HELD reservation (after payment), making it final (ACTIVE) "
+        "before its hold runs out. Its customer may, and a token with the `checkout` role (a "
+        "payment backend). Confirming an ACTIVE reservation returns it unchanged."
+    )
+    async def confirm_reservation(
+        self,
+        info: Info,
+        input: Annotated[
+            ConfirmReservationInput, strawberry.argument(description="The reservation to confirm.")
+        ],
+    ) -> ConfirmReservationResult:
+        actor = info.context.require_viewer()
+        reservation_id = key_of(input.reservation_id, "Reservation")
+        if reservation_id is None:
+            return not_found(input.reservation_id, "Reservation")
+        operation = at_most_once(
+            info,
+            booking.confirm(reservation_id=reservation_id, actor=actor),
+            input.idempotency_key,
+            "confirmReservation",
+            input.reservation_id,
+        )
+        return cast(ConfirmReservationResult, await _book(info, operation))
+
+    @strawberry.mutation(
+        description="Cancel a reservation (HELD or ACTIVE), releasing its tickets. Cancelling a "
+        "cancelled reservation returns it unchanged, so retries are safe; an expired one is "
+        "HoldExpired. An event's organizer may cancel any of its reservations."
     )
     async def cancel_reservation(
         self,

@@ -27,13 +27,14 @@ from ticketing.api.validation import (
     ValidateWithinLimits,
     validator_for,
 )
+from ticketing.api.waitlist import WaitlistMutations
 from ticketing.db import DatabaseUnavailable
 from ticketing.settings import Settings
 
 
 @strawberry.type(description="Reserve tickets and, as an organizer, run events.")
-class Mutation(ReservationMutations, EventMutations):
-    """Each concept's mutations; the reservations' come first in the schema."""
+class Mutation(ReservationMutations, EventMutations, WaitlistMutations):
+    """Each concept's mutations, in this order in the schema."""
 
 
 logger = logging.getLogger("ticketing.graphql")

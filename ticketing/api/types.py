@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 from sqlmodel import Session
@@ -24,6 +24,9 @@ from ticketing.api.pagination import (
 )
 from ticketing.domain import catalog, models
 
+if TYPE_CHECKING:
+    from ticketing.api.waitlist import WaitlistEntry
+
 
 @strawberry.enum(description="Whether an event is selling tickets.")
 class EventStatus(enum.Enum):
@@ -37,9 +40,19 @@ class EventStatus(enum.Enum):
 
 @strawberry.enum(description="Whether a reservation holds tickets.")
 class ReservationStatus(enum.Enum):
-    ACTIVE = strawberry.enum_value("ACTIVE", description="Holds its tickets.")
+    HELD = strawberry.enum_value(
+        "HELD",
+        description="Holds its tickets until `expiresAt`; `confirmReservation` makes it final. "
+        "Made on events with a hold time, and for waitlist offers.",
+    )
+    ACTIVE = strawberry.enum_value("ACTIVE", description="Holds its tickets; final.")
     CANCELLED = strawberry.enum_value(
         "CANCELLED", description="Cancelled; its tickets went back on sale."
+    )
+    EXPIRED = strawberry.enum_value(
+        "EXPIRED",
+        description="Its hold ran out before it was confirmed; its tickets went back (to the "
+        "waitlist first, then on sale).",
     )
 
 
@@ -50,6 +63,17 @@ class ReservationChangeKind(enum.Enum):
     DECREASED = strawberry.enum_value("DECREASED", description="Tickets were given back.")
     CANCELLED = strawberry.enum_value(
         "CANCELLED", description="The reservation was cancelled, releasing all its tickets."
+    )
+    CONFIRMED = strawberry.enum_value(
+        "CONFIRMED", description="The hold was confirmed: the reservation is final."
+    )
+    EXPIRED = strawberry.enum_value(
+        "EXPIRED", description="The hold ran out before it was confirmed, releasing its tickets."
+    )
+    OFFERED = strawberry.enum_value(
+        "OFFERED",
+        description="The reservation was made as a waitlist offer: tickets held for a customer "
+        "who was waiting.",
     )
 
 
@@ -63,6 +87,12 @@ class ChangeActor(enum.Enum):
     ORGANIZER = strawberry.enum_value("ORGANIZER", description="The organizer of its event.")
     ADMIN = strawberry.enum_value(
         "ADMIN", description="An administrator of the service, on the organizer's behalf."
+    )
+    CHECKOUT = strawberry.enum_value(
+        "CHECKOUT", description="A payment backend, confirming the hold after payment."
+    )
+    SYSTEM = strawberry.enum_value(
+        "SYSTEM", description="The service itself: a hold that ran out, a waitlist offer."
     )
 
 
@@ -108,11 +138,15 @@ class Event(Node):
     ends_at: datetime | None = strawberry.field(description="When the event ends, if known.")
     capacity: int = strawberry.field(description="The total number of tickets.")
     tickets_available: int = strawberry.field(
-        description="Tickets not held by any active reservation."
+        description="Tickets on sale: not held by any HELD or ACTIVE reservation."
     )
     max_tickets_per_customer: int | None = strawberry.field(
         description="The most tickets one customer may hold for this event over all their "
-        "active reservations; null means no limit."
+        "HELD and ACTIVE reservations; null means no limit."
+    )
+    hold_minutes: int | None = strawberry.field(
+        description="How long a new reservation holds its tickets (HELD) before it must be "
+        "confirmed, 1 to 120 minutes; null: reservations are final (ACTIVE) at once."
     )
     status: EventStatus = strawberry.field(description="Whether the event is on sale.")
     created_at: datetime = strawberry.field(description="When the event was created.")
@@ -134,6 +168,7 @@ class Event(Node):
             capacity=event.capacity,
             tickets_available=event.tickets_available,
             max_tickets_per_customer=event.max_tickets_per_customer,
+            hold_minutes=event.hold_minutes,
             status=EventStatus[event.status.name],
             created_at=event.created_at,
             updated_at=event.updated_at,
@@ -160,6 +195,24 @@ class Event(Node):
             info, first=first, after=after, status=status, event_id=self.key
         )
 
+    @strawberry.field(description="How many customers are waiting for tickets (WAITING entries).")
+    async def waitlist_length(self, info: Info) -> int:
+        return await info.context.loaders.waitlist_length.load(self.key)
+
+    @strawberry.field(
+        description="The event's waitlist in the order of joining, every status. Only for its "
+        "organizer (and admins); null for everyone else."
+    )
+    async def waitlist(
+        self, info: Info, first: First = DEFAULT_PAGE_SIZE, after: After = None
+    ) -> Connection[Annotated[WaitlistEntry, strawberry.lazy("ticketing.api.waitlist")]] | None:
+        from ticketing.api.waitlist import waitlist_connection
+
+        viewer = info.context.viewer
+        if viewer is None or not viewer.manages(self):
+            return None
+        return await waitlist_connection(info, first=first, after=after, event_id=self.key)
+
 
 @strawberry.type(description="A customer's hold on a number of tickets for one event.")
 class Reservation(Node):
@@ -173,7 +226,15 @@ class Reservation(Node):
     created_at: datetime = strawberry.field(description="When the reservation was made.")
     updated_at: datetime = strawberry.field(description="When the reservation last changed.")
     cancelled_at: datetime | None = strawberry.field(
-        description="When the reservation was cancelled; null while it is active."
+        description="When the reservation was cancelled; null unless CANCELLED."
+    )
+    expires_at: datetime | None = strawberry.field(
+        description="When the hold runs out unless confirmed first; set only while HELD."
+    )
+    confirmed_at: datetime | None = strawberry.field(
+        description="When the reservation became final (ACTIVE): when it was made on an event "
+        "without a hold time, else when it was confirmed. Null while HELD, and for holds that "
+        "expired or were cancelled before confirmation."
     )
     event: Event = strawberry.field(description="The event the tickets are for.")
 
@@ -193,6 +254,10 @@ class Reservation(Node):
             created_at=reservation.created_at,
             updated_at=reservation.updated_at,
             cancelled_at=reservation.cancelled_at,
+            expires_at=reservation.expires_at
+            if reservation.status == models.ReservationStatus.HELD
+            else None,
+            confirmed_at=reservation.confirmed_at,
         )
 
     @strawberry.field(description="The changes made to the reservation, oldest first.")
@@ -200,7 +265,7 @@ class Reservation(Node):
         self, info: Info, first: First = DEFAULT_PAGE_SIZE, after: After = None
     ) -> Connection[ReservationChange]:
         size = page_size(first)
-        page = HistoryPage(self.key, _id_position(after) if after is not None else None, size + 1)
+        page = HistoryPage(self.key, id_position(after) if after is not None else None, size + 1)
         changes = await info.context.loaders.history.load(page)
 
         async def count() -> int:
@@ -226,7 +291,7 @@ async def reservation_connection(
     event_id: int | None = None,
 ) -> Connection[Reservation]:
     size = page_size(first)
-    after_id = _id_position(after) if after is not None else None
+    after_id = id_position(after) if after is not None else None
     wanted = models.ReservationStatus[status.name] if status else None
 
     def page_and_events(
@@ -274,7 +339,7 @@ def reservation_page(
     )
 
 
-def _id_position(cursor: str) -> int:
+def id_position(cursor: str) -> int:
     """The row id inside a cursor of a list ordered by id."""
     match decode_cursor(cursor):
         case [int() as row_id]:

@@ -22,6 +22,7 @@ class Actor:
     customer_id: str
     is_organizer: bool = False
     is_admin: bool = False  # may do everything an organizer may, on every event
+    is_checkout: bool = False  # a payment backend: may confirm anyone's hold
 
     @property
     def runs_events(self) -> bool:
@@ -36,6 +37,10 @@ class Actor:
     def may_access(self, reservation: Reservation, event: Owned) -> bool:
         """Whether the actor may see (and cancel) `reservation`, a reservation of `event`."""
         return reservation.customer_id == self.customer_id or self.manages(event)
+
+    def may_confirm(self, reservation: Reservation) -> bool:
+        """Whether the actor may confirm (make final) `reservation`, a hold."""
+        return reservation.customer_id == self.customer_id or self.is_checkout
 
     def managing_role(self, event: Owned) -> ActorRole:
         """The role recorded for a change made as one who manages `event`."""

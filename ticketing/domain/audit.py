@@ -8,11 +8,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-# Events where tickets available + the quantities of active reservations != capacity, or
+# Events where tickets available + the quantities of HELD and ACTIVE reservations != capacity, or
 # whose availability is out of bounds. The invariant holds when there are none.
 _MISMATCHES = sa.text(
     "SELECT e.id, e.capacity, e.tickets_available, COALESCE(SUM(r.quantity), 0) AS reserved"
-    " FROM event e LEFT JOIN reservation r ON r.event_id = e.id AND r.status = 'ACTIVE'"
+    " FROM event e LEFT JOIN reservation r ON r.event_id = e.id AND r.status IN ('HELD', 'ACTIVE')"
     " GROUP BY e.id HAVING e.tickets_available + COALESCE(SUM(r.quantity), 0) <> e.capacity"
     " OR e.tickets_available < 0 OR e.tickets_available > e.capacity"
 )
@@ -22,11 +22,12 @@ def inventory_mismatches(connection: sa.Connection) -> Sequence[sa.Row[Any]]:
     return connection.execute(_MISMATCHES).all()
 
 
-# (event, customer) pairs whose customer_hold differs from their active reservations' total.
+# (event, customer) pairs whose customer_hold differs from their HELD and ACTIVE reservations'
+# total.
 _HOLD_MISMATCHES = sa.text(
     "SELECT event_id, customer_id, COALESCE(h.tickets, 0) AS held, COALESCE(r.tickets, 0)"
     " AS reserved FROM customer_hold h FULL JOIN (SELECT event_id, customer_id,"
-    " SUM(quantity) AS tickets FROM reservation WHERE status = 'ACTIVE'"
+    " SUM(quantity) AS tickets FROM reservation WHERE status IN ('HELD', 'ACTIVE')"
     " GROUP BY event_id, customer_id) r USING (event_id, customer_id)"
     " WHERE COALESCE(h.tickets, 0) <> COALESCE(r.tickets, 0)"
 )

@@ -1,9 +1,10 @@
-"""Reserve, increase, decrease and cancel: the booking operations.
+"""Reserve, increase, decrease, cancel and confirm: the booking operations.
 
 Each returns an `Operation` that runs in the caller's transaction (see `Database.transaction`)
 and raises a `DomainError` to refuse, which rolls everything back. The rules they share (the
-refusal order, the per-customer limit) live in `rules`; the statements and the locking in
-`inventory`.
+refusal order, the per-customer limit) live in `rules`; the event-row lock in `locking`; the
+statements in `inventory`. Every operation that frees tickets offers them to the waitlist
+(`promotion`) in the same transaction.
 """
 
 from __future__ import annotations
@@ -12,55 +13,61 @@ from functools import partial
 
 from sqlmodel import Session
 
-from ticketing.domain import rules
+from ticketing.domain import promotion, rules
 from ticketing.domain.actors import Actor
 from ticketing.domain.errors import InvalidQuantity, NotFound
 from ticketing.domain.inventory import (
     Booking,
-    LockedReservation,
     change_tickets,
-    lock_event,
-    lock_reservation,
+    confirm_hold,
     take_in_one_statement,
 )
+from ticketing.domain.locking import LockedReservation, lock_event, lock_reservation
 from ticketing.domain.models import ChangeKind, ReservationStatus
 from ticketing.domain.operation import Operation
 
 
 def reserve(*, event_id: int, actor: Actor, quantity: int) -> Operation[Booking]:
-    """One statement when it succeeds, so it may also run with each statement committing on
-    its own; the hot event's row then stays locked only while PostgreSQL runs it."""
-    work = partial(_reserve, event_id=event_id, customer_id=actor.customer_id, quantity=quantity)
+    """A HELD reservation on an event with a hold time, else an ACTIVE one.
+
+    Most attempts are settled by one statement, which may run with each statement committing
+    on its own: the hot event's row then stays locked only while PostgreSQL runs it. When
+    that statement finds no tickets (or the event not on sale), the transaction decides under
+    the event's lock, after releasing expired holds."""
+    customer_id = actor.customer_id
     return Operation(
-        in_transaction=partial(work, in_transaction=True),
-        on_its_own=partial(work, in_transaction=False),
+        in_transaction=partial(_reserve_locked, event_id, customer_id, quantity),
+        on_its_own=partial(_reserve_at_once, event_id, customer_id, quantity),
         contends_for=("event", event_id),
     )
 
 
-def _reserve(
-    session: Session, *, event_id: int, customer_id: str, quantity: int, in_transaction: bool
-) -> Booking:
+def _reserve_at_once(
+    event_id: int, customer_id: str, quantity: int, session: Session
+) -> Booking | None:
     rules.require_positive(quantity)
-    # Tried again only when the tickets this statement missed were freed since (or the limit
-    # that refused it was lifted): each round means someone else's change went through.
-    while True:
-        try:
-            # A failed statement aborts a transaction: a savepoint keeps it usable for the
-            # reads that explain the refusal.
-            with rules.customer_limit(
-                session, event_id=event_id, customer_id=customer_id, savepoint=in_transaction
-            ):
-                booked = take_in_one_statement(
-                    session, event_id=event_id, customer_id=customer_id, quantity=quantity
-                )
-        except rules.LimitLifted:
-            continue
-        if booked is not None:
-            return booked
-        # Refused, or raced: the reason under the row lock (held to the end of a transaction;
-        # on its own only for the read, so tickets freed since are taken by trying again).
-        lock_event(session, event_id, taking=quantity).refuse()
+    try:
+        with rules.customer_limit(
+            session, event_id=event_id, customer_id=customer_id, savepoint=False
+        ):
+            return take_in_one_statement(
+                session, event_id=event_id, customer_id=customer_id, quantity=quantity
+            )
+    except rules.LimitLifted:
+        return None
+
+
+def _reserve_locked(event_id: int, customer_id: str, quantity: int, session: Session) -> Booking:
+    rules.require_positive(quantity)
+    lock_event(session, event_id, taking=quantity).refuse()
+    # A failed statement aborts a transaction: a savepoint keeps it usable for the reads that
+    # explain the refusal.
+    with rules.customer_limit(session, event_id=event_id, customer_id=customer_id, savepoint=True):
+        booked = take_in_one_statement(
+            session, event_id=event_id, customer_id=customer_id, quantity=quantity
+        )
+    assert booked is not None, "nothing refused it under the event's lock"
+    return booked
 
 
 def increase(*, reservation_id: int, actor: Actor, quantity: int) -> Operation[Booking]:
@@ -72,7 +79,9 @@ def increase(*, reservation_id: int, actor: Actor, quantity: int) -> Operation[B
         with rules.customer_limit(
             session, event_id=locked.event.id, customer_id=actor.customer_id, savepoint=True
         ):
-            return change_tickets(session, locked, ChangeKind.INCREASED, quantity, actor)
+            return change_tickets(
+                session, locked.event, locked.reservation, ChangeKind.INCREASED, quantity, actor
+            )
 
     return Operation(work)
 
@@ -92,7 +101,7 @@ def decrease(*, reservation_id: int, actor: Actor, quantity: int) -> Operation[B
                     "cancel the reservation to release them all."
                 ),
             )
-        return change_tickets(session, locked, ChangeKind.DECREASED, quantity, actor)
+        return _give_back(session, locked, ChangeKind.DECREASED, quantity, actor)
 
     return Operation(work)
 
@@ -108,9 +117,33 @@ def cancel(*, reservation_id: int, actor: Actor) -> Operation[Booking]:
         if reservation.status == ReservationStatus.CANCELLED:
             return Booking(reservation, event)
         locked.refuse()
-        return change_tickets(session, locked, ChangeKind.CANCELLED, reservation.quantity, actor)
+        return _give_back(session, locked, ChangeKind.CANCELLED, reservation.quantity, actor)
 
     return Operation(work)
+
+
+def confirm(*, reservation_id: int, actor: Actor) -> Operation[Booking]:
+    """Make a HELD reservation final. Its customer may, or a checkout (payment backend).
+    Confirming an ACTIVE reservation returns it unchanged."""
+
+    def work(session: Session) -> Booking:
+        locked = lock_reservation(session, reservation_id)
+        reservation, event = locked.reservation, locked.event
+        if not actor.may_confirm(reservation):
+            raise NotFound("Reservation", reservation_id)
+        if reservation.status == ReservationStatus.ACTIVE:
+            return Booking(reservation, event)
+        locked.refuse()
+        return confirm_hold(session, event, reservation, actor)
+
+    return Operation(work)
+
+
+def _give_back(
+    session: Session, locked: LockedReservation, kind: ChangeKind, quantity: int, actor: Actor
+) -> Booking:
+    done = change_tickets(session, locked.event, locked.reservation, kind, quantity, actor)
+    return Booking(done.reservation, promotion.promote(session, done.event))
 
 
 def _lock_own(

@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, aliased
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from ticketing.domain import clock
 from ticketing.domain.models import (
@@ -24,6 +24,8 @@ from ticketing.domain.models import (
     Reservation,
     ReservationChange,
     ReservationStatus,
+    WaitlistEntry,
+    WaitlistStatus,
 )
 
 SortKey = tuple[Any, int]
@@ -96,7 +98,9 @@ def list_reservations(
     limit: int,
 ) -> Sequence[Reservation]:
     """Newest first."""
-    query = select(Reservation).where(*_reservation_conditions(customer_id, event_id, status))
+    query = select(Reservation).where(
+        *_equal(Reservation, customer_id=customer_id, event_id=event_id, status=status)
+    )
     if after_id is not None:
         query = query.where(col(Reservation.id) < after_id)
     return session.exec(query.order_by(col(Reservation.id).desc()).limit(limit)).all()
@@ -113,7 +117,7 @@ def count_reservations(
         session,
         select(sa.func.count())
         .select_from(Reservation)
-        .where(*_reservation_conditions(customer_id, event_id, status)),
+        .where(*_equal(Reservation, customer_id=customer_id, event_id=event_id, status=status)),
     )
 
 
@@ -166,6 +170,82 @@ def count_history(session: Session, reservation_ids: Sequence[int]) -> dict[int,
     return {reservation_id: int(count) for reservation_id, count in counts}
 
 
+def waitlist_lengths(session: Session, event_ids: Sequence[int]) -> dict[int, int]:
+    """How many entries wait for each event."""
+    counts = session.exec(
+        select(col(WaitlistEntry.event_id), sa.func.count())
+        .where(
+            col(WaitlistEntry.event_id).in_(event_ids),
+            col(WaitlistEntry.status) == WaitlistStatus.WAITING,
+        )
+        .group_by(col(WaitlistEntry.event_id))
+    ).all()
+    return {event_id: int(count) for event_id, count in counts}
+
+
+def waitlist_positions(session: Session, entry_ids: Sequence[int]) -> dict[int, int]:
+    """The 1-based place of each WAITING entry among its event's waiting entries."""
+    ahead = aliased(WaitlistEntry)
+    place = (
+        select(sa.func.count())
+        .where(
+            col(ahead.event_id) == col(WaitlistEntry.event_id),
+            col(ahead.status) == WaitlistStatus.WAITING,
+            col(ahead.id) <= col(WaitlistEntry.id),
+        )
+        .scalar_subquery()
+    )
+    found = session.exec(
+        select(col(WaitlistEntry.id), place).where(
+            col(WaitlistEntry.id).in_(entry_ids),
+            col(WaitlistEntry.status) == WaitlistStatus.WAITING,
+        )
+    ).all()
+    return {entry_id: int(position) for entry_id, position in found if entry_id is not None}
+
+
+def waitlist_entries_by_id(session: Session, ids: Sequence[int]) -> dict[int, WaitlistEntry]:
+    entries = session.exec(select(WaitlistEntry).where(col(WaitlistEntry.id).in_(ids))).all()
+    return {entry.id: entry for entry in entries if entry.id is not None}
+
+
+def list_waitlist(
+    session: Session,
+    *,
+    event_id: int | None = None,
+    customer_id: str | None = None,
+    status: WaitlistStatus | None = None,
+    after_id: int | None = None,
+    limit: int,
+) -> Sequence[WaitlistEntry]:
+    """An event's entries in the order of joining, or a customer's newest first."""
+    oldest_first = event_id is not None
+    query = select(WaitlistEntry).where(
+        *_equal(WaitlistEntry, event_id=event_id, customer_id=customer_id, status=status)
+    )
+    if after_id is not None:
+        query = query.where(
+            col(WaitlistEntry.id) > after_id if oldest_first else col(WaitlistEntry.id) < after_id
+        )
+    order = col(WaitlistEntry.id).asc() if oldest_first else col(WaitlistEntry.id).desc()
+    return session.exec(query.order_by(order).limit(limit)).all()
+
+
+def count_waitlist(
+    session: Session,
+    *,
+    event_id: int | None = None,
+    customer_id: str | None = None,
+    status: WaitlistStatus | None = None,
+) -> int:
+    return _count(
+        session,
+        select(sa.func.count())
+        .select_from(WaitlistEntry)
+        .where(*_equal(WaitlistEntry, event_id=event_id, customer_id=customer_id, status=status)),
+    )
+
+
 def _event_conditions(where: EventFilter) -> list[sa.ColumnElement[bool]]:
     conditions = [
         col(Event.starts_at) > (where.starts_after if where.starts_after else clock.now())
@@ -184,17 +264,9 @@ def _event_conditions(where: EventFilter) -> list[sa.ColumnElement[bool]]:
     return conditions
 
 
-def _reservation_conditions(
-    customer_id: str | None, event_id: int | None, status: ReservationStatus | None
-) -> list[sa.ColumnElement[bool]]:
-    conditions = []
-    if customer_id is not None:
-        conditions.append(col(Reservation.customer_id) == customer_id)
-    if event_id is not None:
-        conditions.append(col(Reservation.event_id) == event_id)
-    if status is not None:
-        conditions.append(col(Reservation.status) == status)
-    return conditions
+def _equal(table: type[SQLModel], **wanted: object) -> list[sa.ColumnElement[bool]]:
+    """Conditions that the given columns equal their values; None means any value."""
+    return [getattr(table, name) == value for name, value in wanted.items() if value is not None]
 
 
 def _count(session: Session, query: Any) -> int:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
-EntityKind = Literal["Event", "Reservation"]
+EntityKind = Literal["Event", "Reservation", "WaitlistEntry"]
 
 
 class DomainError(Exception):
@@ -69,6 +70,26 @@ class ReservationCancelled(DomainError):
     @property
     def message(self) -> str:
         return "The reservation is cancelled and can no longer be changed."
+
+
+@dataclass
+class HoldExpired(DomainError):
+    expired_at: datetime
+
+    @property
+    def message(self) -> str:
+        return "The reservation's hold expired; its tickets went back on sale."
+
+
+@dataclass
+class TicketsAvailable(DomainError):
+    """Joining a waitlist while enough tickets are on sale: reserve them instead."""
+
+    available: int
+
+    @property
+    def message(self) -> str:
+        return f"{self.available} tickets are available: reserve them instead of waiting."
 
 
 class EventCancelled(DomainError):

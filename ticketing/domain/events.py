@@ -12,11 +12,13 @@ from typing import Any, get_args, get_type_hints
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
-from ticketing.domain import clock
+from ticketing.domain import clock, promotion, waitlist
 from ticketing.domain.actors import Actor
 from ticketing.domain.errors import InvalidEvent, NotFound
-from ticketing.domain.inventory import LockedEvent, lock_event, update_event_row
+from ticketing.domain.inventory import update_event_row
+from ticketing.domain.locking import LockedEvent, lock_event
 from ticketing.domain.models import (
+    HOLDING,
     ChangeKind,
     CustomerHold,
     Event,
@@ -31,6 +33,7 @@ from ticketing.domain.times import to_utc
 MAX_NAME_LENGTH = 200
 MAX_DESCRIPTION_LENGTH = 10_000
 MAX_YEARS_AHEAD = 50
+MIN_HOLD_MINUTES, MAX_HOLD_MINUTES = 1, 120
 # Characters that event text can't hold: the C0 and C1 controls (NUL, which PostgreSQL text
 # can't store, terminal escapes, line breaks, ...), the Unicode line and paragraph separators,
 # and the bidirectional embeddings, overrides and isolates, which reorder the text after them
@@ -52,6 +55,7 @@ class EventDraft:
     description: str = ""
     ends_at: datetime | None = None
     max_tickets_per_customer: int | None = None
+    hold_minutes: int | None = None
 
 
 EDITABLE_FIELDS = tuple(field.name for field in fields(EventDraft))
@@ -91,7 +95,7 @@ def update_event(event_id: int, changes: Mapping[str, Any], actor: Actor) -> Ope
             raise InvalidEvent(
                 "capacity", f"Capacity can't drop below the {reserved} tickets already reserved."
             )
-        return update_event_row(
+        updated = update_event_row(
             session,
             event_id,
             asdict(draft)
@@ -102,12 +106,15 @@ def update_event(event_id: int, changes: Mapping[str, Any], actor: Actor) -> Ope
                 "updated_at": clock.now(),
             },
         )
+        # More capacity, or a higher limit, may serve someone waiting.
+        return promotion.promote(session, updated)
 
     return Operation(work)
 
 
 def cancel_event(event_id: int, actor: Actor) -> Operation[Event]:
-    """Cancel the event and every active reservation of it. Cancelling again changes nothing."""
+    """Cancel the event, every HELD and ACTIVE reservation of it and its waitlist.
+    Cancelling again changes nothing."""
 
     def work(session: Session) -> Event:
         locked = _lock_managed_event(session, event_id, actor)
@@ -117,13 +124,11 @@ def cancel_event(event_id: int, actor: Actor) -> Operation[Event]:
         locked.refuse()
         released = session.exec(
             sa.update(Reservation)
-            .where(
-                col(Reservation.event_id) == event_id,
-                col(Reservation.status) == ReservationStatus.ACTIVE,
-            )
+            .where(col(Reservation.event_id) == event_id, col(Reservation.status).in_(HOLDING))
             .values(
                 status=ReservationStatus.CANCELLED,
                 cancelled_at=clock.now(),
+                expires_at=None,
                 updated_at=clock.now(),
             )
             .returning(col(Reservation.id), col(Reservation.quantity))
@@ -147,6 +152,7 @@ def cancel_event(event_id: int, actor: Actor) -> Operation[Event]:
                     for reservation_id, quantity in released
                 ],
             )
+        waitlist.close(session, event_id)
         return update_event_row(
             session,
             event_id,
@@ -196,6 +202,14 @@ def _validated(draft: EventDraft, *, now: datetime, changed: Collection[str]) ->
         raise InvalidEvent("capacity", "Capacity can't be negative.")
     if draft.max_tickets_per_customer is not None and draft.max_tickets_per_customer < 1:
         raise InvalidEvent("max_tickets_per_customer", "The per-customer limit must be at least 1.")
+    if draft.hold_minutes is not None and not (
+        MIN_HOLD_MINUTES <= draft.hold_minutes <= MAX_HOLD_MINUTES
+    ):
+        raise InvalidEvent(
+            "hold_minutes",
+            f"A hold time must be {MIN_HOLD_MINUTES} to {MAX_HOLD_MINUTES} minutes, or null "
+            "for reservations that are final at once.",
+        )
     return replace(
         draft,
         name=name,

@@ -1,18 +1,15 @@
-"""The statements that lock, take and give back an event's tickets.
+"""The statements that take and give back an event's tickets.
 
-Concurrency: all changes to an event's tickets go through its `event` row, which each
-operation locks before it touches a customer's hold or a reservation. One lock order
-everywhere means no deadlocks, and it serialises every check that spans rows (the
-per-customer limit) with the writes it guards. Each lock also reads the refusal that
-applies (see `rules.refusal`) at the moment it is granted. The CHECK constraints on `event`,
-`reservation` and `customer_hold` stay as a backstop against any bug that slips past the
-rules.
+Each runs while its event's row is locked (see `locking`), or takes that lock as its first
+step (the one-statement reservation). The CHECK constraints on `event`, `reservation` and
+`customer_hold` stay as a backstop against any bug that slips past the rules.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
@@ -22,8 +19,8 @@ from sqlmodel.sql.expression import Select
 
 from ticketing.domain import clock, rules
 from ticketing.domain.actors import Actor
-from ticketing.domain.errors import NotFound
 from ticketing.domain.models import (
+    SYSTEM_ACTOR,
     ActorRole,
     ChangeKind,
     CustomerHold,
@@ -31,6 +28,7 @@ from ticketing.domain.models import (
     Reservation,
     ReservationChange,
     ReservationStatus,
+    WaitlistEntry,
 )
 
 
@@ -40,69 +38,6 @@ class Booking:
 
     reservation: Reservation
     event: Event
-
-
-@dataclass(frozen=True)
-class LockedEvent:
-    event: Event
-    # The first refusal for taking `taking` more of its tickets, if any.
-    refusal: str | None
-    taking: int
-
-    def refuse(self) -> None:
-        rules.refuse(self.refusal, self.event, taking=self.taking)
-
-
-@dataclass(frozen=True)
-class LockedReservation:
-    event: Event
-    reservation: Reservation
-    # The first refusal for changing the reservation by taking `taking` more tickets, if any.
-    refusal: str | None
-    taking: int
-
-    def refuse(self) -> None:
-        rules.refuse(self.refusal, self.event, taking=self.taking)
-
-
-def lock_event(session: Session, event_id: int, *, taking: int = 0) -> LockedEvent:
-    found = _lock_event_where(session, col(Event.id) == event_id, taking)
-    if found is None:
-        raise NotFound("Event", event_id)
-    return found
-
-
-def lock_reservation(
-    session: Session, reservation_id: int, *, taking: int = 0
-) -> LockedReservation:
-    """Lock the reservation's event, then read and lock the reservation under that lock."""
-    event_of_reservation = (
-        select(Reservation.event_id).where(col(Reservation.id) == reservation_id).scalar_subquery()
-    )
-    locked = _lock_event_where(session, col(Event.id) == event_of_reservation, taking)
-    if locked is None:
-        raise NotFound("Reservation", reservation_id)
-    # A fresh statement after the lock: it sees every change committed before we got it.
-    reservation, refusal = session.exec(
-        select(Reservation, rules.refusal(taking=taking, of_reservation=True))
-        .join(Event, col(Event.id) == col(Reservation.event_id))
-        .where(col(Reservation.id) == reservation_id)
-        .with_for_update(of=Reservation)
-        .execution_options(populate_existing=True)
-    ).one()
-    return LockedReservation(locked.event, reservation, refusal, taking)
-
-
-def _lock_event_where(
-    session: Session, condition: sa.ColumnElement[bool], taking: int
-) -> LockedEvent | None:
-    found = session.exec(
-        select(Event, rules.refusal(taking=taking))
-        .where(condition)
-        .with_for_update(of=Event)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    return None if found is None else LockedEvent(found[0], found[1], taking)
 
 
 def take_in_one_statement(
@@ -155,12 +90,22 @@ def _take_statement() -> Select[Event, Reservation]:
         .returning(hold.c.tickets)
         .cte("held")
     )
+    # On an event with a hold time the reservation is HELD until confirmed, else final.
+    hold_minutes = taken.c.hold_minutes
     made = (
         insert(Reservation)
         .from_select(
-            ["event_id", "customer_id", "quantity", "status"],
+            ["event_id", "customer_id", "quantity", "status", "expires_at", "confirmed_at"],
             sa.select(
-                taken.c.id, customer_id, quantity, sa.literal(ReservationStatus.ACTIVE.value)
+                taken.c.id,
+                customer_id,
+                quantity,
+                sa.case(
+                    (hold_minutes.is_(None), ReservationStatus.ACTIVE.value),
+                    else_=ReservationStatus.HELD.value,
+                ),
+                clock.now() + hold_minutes * _ONE_MINUTE,
+                sa.case((hold_minutes.is_(None), clock.now())),
             ).select_from(taken.join(held, sa.true())),
         )
         .returning(*Reservation.__table__.c)  # type: ignore[attr-defined]
@@ -189,6 +134,10 @@ def _take_statement() -> Select[Event, Reservation]:
     )
 
 
+_ONE_MINUTE: sa.ColumnElement[timedelta] = sa.literal_column(
+    "interval '1 minute'", type_=sa.Interval
+)
+
 # Built once per thread, not once per process: SQLAlchemy completes a statement lazily on its
 # first use, which is not thread-safe. A shared one, first run by many threads at once, was
 # seen to render wrong SQL (the event table instead of the CTE) and keep it in its cache.
@@ -196,12 +145,16 @@ _per_thread = threading.local()
 
 
 def change_tickets(
-    session: Session, locked: LockedReservation, kind: ChangeKind, quantity: int, actor: Actor
+    session: Session,
+    event: Event,
+    reservation: Reservation,
+    kind: ChangeKind,
+    quantity: int,
+    actor: Actor,
 ) -> Booking:
-    """Write one change to a locked reservation, its event and its customer's hold, and its
-    history line. Adding tickets sets the hold's limit to the event's, so its CHECK enforces
-    the limit (see `rules.customer_limit`)."""
-    event, reservation = locked.event, locked.reservation
+    """Write one change (INCREASED, DECREASED, CANCELLED) to a locked reservation, its event
+    and its customer's hold, and its history line. Adding tickets sets the hold's limit to
+    the event's, so its CHECK enforces the limit (see `rules.customer_limit`)."""
     taken = quantity if kind == ChangeKind.INCREASED else -quantity
     hold_values: dict[str, object] = {"tickets": col(CustomerHold.tickets) + taken}
     if kind == ChangeKind.INCREASED:
@@ -216,7 +169,11 @@ def change_tickets(
     )
     reservation_values: dict[str, object] = {"updated_at": clock.now()}
     if kind == ChangeKind.CANCELLED:
-        reservation_values |= {"status": ReservationStatus.CANCELLED, "cancelled_at": clock.now()}
+        reservation_values |= {
+            "status": ReservationStatus.CANCELLED,
+            "cancelled_at": clock.now(),
+            "expires_at": None,
+        }
     else:
         reservation_values["quantity"] = col(Reservation.quantity) + taken
     updated_reservation = (
@@ -235,6 +192,46 @@ def change_tickets(
         event.id,
         {"tickets_available": col(Event.tickets_available) - taken, "updated_at": clock.now()},
     )
+    log_change(
+        session, reservation, kind, quantity, actor, role=actor.role_toward(reservation, event)
+    )
+    return Booking(updated_reservation, updated_event)
+
+
+def confirm_hold(session: Session, event: Event, reservation: Reservation, actor: Actor) -> Booking:
+    """Make a locked HELD reservation final."""
+    confirmed = (
+        session.exec(
+            sa.update(Reservation)
+            .where(col(Reservation.id) == reservation.id)
+            .values(
+                status=ReservationStatus.ACTIVE,
+                confirmed_at=clock.now(),
+                expires_at=None,
+                updated_at=clock.now(),
+            )
+            .returning(Reservation)
+            .execution_options(populate_existing=True)
+        )
+        .scalars()
+        .one()
+    )
+    role = (
+        ActorRole.CUSTOMER if reservation.customer_id == actor.customer_id else ActorRole.CHECKOUT
+    )
+    log_change(session, reservation, ChangeKind.CONFIRMED, reservation.quantity, actor, role=role)
+    return Booking(confirmed, event)
+
+
+def log_change(
+    session: Session,
+    reservation: Reservation,
+    kind: ChangeKind,
+    quantity: int,
+    actor: Actor,
+    *,
+    role: ActorRole,
+) -> None:
     assert reservation.id is not None
     session.add(
         ReservationChange(
@@ -242,11 +239,89 @@ def change_tickets(
             kind=kind,
             quantity=quantity,
             actor=actor.customer_id,
-            actor_role=actor.role_toward(reservation, event),
+            actor_role=role,
         )
     )
     session.flush()
-    return Booking(updated_reservation, updated_event)
+
+
+# Every expired hold of one event at once: EXPIRED with a history line, its tickets back in
+# the customer's hold and on the event. One statement, so a storm costs one round trip.
+_RELEASE_EXPIRED = sa.text(
+    """
+    WITH expired AS (
+        UPDATE reservation SET status = 'EXPIRED', updated_at = ticketing_now()
+        WHERE event_id = :event_id AND status = 'HELD' AND expires_at <= ticketing_now()
+        RETURNING id, customer_id, quantity
+    ), logged AS (
+        INSERT INTO reservation_change (reservation_id, kind, quantity, actor, actor_role)
+        SELECT id, 'EXPIRED', quantity, :system, 'SYSTEM' FROM expired
+    ), released AS (
+        UPDATE customer_hold AS hold SET tickets = hold.tickets - per_customer.tickets
+        FROM (SELECT customer_id, sum(quantity) AS tickets FROM expired GROUP BY customer_id)
+            AS per_customer
+        WHERE hold.event_id = :event_id AND hold.customer_id = per_customer.customer_id
+    )
+    UPDATE event SET
+        tickets_available = tickets_available + (SELECT sum(quantity) FROM expired),
+        updated_at = ticketing_now()
+    WHERE id = :event_id AND EXISTS (SELECT 1 FROM expired)
+    RETURNING event.*
+    """
+).columns(*Event.__table__.c)  # type: ignore[attr-defined]
+
+
+def release_expired(session: Session, event_id: int) -> Event | None:
+    """Give back the tickets of an event's holds that ran out; the event after, or None if
+    none had. Run it under the event's lock."""
+    released: Event | None = session.execute(
+        select(Event).from_statement(_RELEASE_EXPIRED),
+        {"event_id": event_id, "system": SYSTEM_ACTOR},
+        execution_options={"populate_existing": True},
+    ).scalar_one_or_none()
+    return released
+
+
+# Hold tickets for a waitlist entry's customer: a HELD reservation with an OFFERED history
+# line, in the customer's hold, linked from the entry.
+_OFFER = sa.text(
+    """
+    WITH made AS (
+        INSERT INTO reservation (event_id, customer_id, quantity, status, expires_at)
+        VALUES (:event_id, :customer_id, :quantity, 'HELD',
+                ticketing_now() + :minutes * interval '1 minute')
+        RETURNING id
+    ), logged AS (
+        INSERT INTO reservation_change (reservation_id, kind, quantity, actor, actor_role)
+        SELECT id, 'OFFERED', :quantity, :system, 'SYSTEM' FROM made
+    ), held AS (
+        INSERT INTO customer_hold (event_id, customer_id, tickets, ticket_limit)
+        VALUES (:event_id, :customer_id, :quantity, :ticket_limit)
+        ON CONFLICT (event_id, customer_id) DO UPDATE
+        SET tickets = customer_hold.tickets + excluded.tickets, ticket_limit = excluded.ticket_limit
+    )
+    UPDATE waitlist_entry SET
+        status = 'OFFERED', reservation_id = (SELECT id FROM made), updated_at = ticketing_now()
+    WHERE id = :entry_id
+    """
+)
+
+
+def offer(session: Session, event: Event, entry: WaitlistEntry, minutes: int) -> None:
+    """Hold `entry`'s tickets for its customer for `minutes`; the caller takes them off the
+    event (see `take_offered`). Run it under the event's lock."""
+    session.execute(
+        _OFFER,
+        {
+            "event_id": event.id,
+            "customer_id": entry.customer_id,
+            "quantity": entry.quantity,
+            "minutes": minutes,
+            "system": SYSTEM_ACTOR,
+            "ticket_limit": event.max_tickets_per_customer,
+            "entry_id": entry.id,
+        },
+    )
 
 
 def update_event_row(session: Session, event_id: int | None, values: dict[str, object]) -> Event:

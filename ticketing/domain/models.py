@@ -18,8 +18,14 @@ class EventStatus(enum.StrEnum):
 
 
 class ReservationStatus(enum.StrEnum):
-    ACTIVE = "ACTIVE"
+    HELD = "HELD"  # holds its tickets until `expires_at`, unless confirmed first
+    ACTIVE = "ACTIVE"  # final
     CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"  # a hold that ran out; its tickets went back
+
+
+# The statuses whose reservations hold tickets.
+HOLDING = (ReservationStatus.HELD, ReservationStatus.ACTIVE)
 
 
 class ActorRole(enum.StrEnum):
@@ -28,6 +34,12 @@ class ActorRole(enum.StrEnum):
     CUSTOMER = "CUSTOMER"  # the reservation's own customer
     ORGANIZER = "ORGANIZER"  # the organizer who owns its event
     ADMIN = "ADMIN"
+    CHECKOUT = "CHECKOUT"  # a payment backend confirming a hold
+    SYSTEM = "SYSTEM"  # the service itself: an expiry, a waitlist offer
+
+
+# The actor recorded for what the service does on its own.
+SYSTEM_ACTOR = "system"
 
 
 class ChangeKind(enum.StrEnum):
@@ -35,6 +47,16 @@ class ChangeKind(enum.StrEnum):
     INCREASED = "INCREASED"
     DECREASED = "DECREASED"
     CANCELLED = "CANCELLED"
+    CONFIRMED = "CONFIRMED"
+    EXPIRED = "EXPIRED"
+    OFFERED = "OFFERED"  # made for a waitlist entry
+
+
+class WaitlistStatus(enum.StrEnum):
+    WAITING = "WAITING"
+    OFFERED = "OFFERED"  # served: it has a reservation (the offer)
+    LEFT = "LEFT"
+    CLOSED = "CLOSED"  # the event was cancelled while it waited
 
 
 def _status_column(enum_type: type[enum.StrEnum]) -> sa.Column[str]:
@@ -67,6 +89,9 @@ class Event(SQLModel, table=True):
             name="max_tickets_per_customer_positive",
         ),
         sa.CheckConstraint("ends_at IS NULL OR ends_at > starts_at", name="ends_after_start"),
+        sa.CheckConstraint(
+            "hold_minutes IS NULL OR hold_minutes BETWEEN 1 AND 120", name="hold_minutes_in_range"
+        ),
         sa.CheckConstraint("status IN ('ON_SALE', 'CANCELLED')", name="event_status_known"),
         sa.Index("ix_event_starts_at_id", "starts_at", "id"),
     )
@@ -91,24 +116,43 @@ class Event(SQLModel, table=True):
     updated_at: datetime | None = Field(default=None, sa_column=_timestamp_column())
     # The subject of the organizer who created it: only they (and admins) manage it.
     owner_id: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    # How long a new reservation holds its tickets before it must be confirmed; null: a
+    # reservation is final at once.
+    hold_minutes: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
 
 
 class Reservation(SQLModel, table=True):
     __tablename__ = "reservation"
     __table_args__ = (
         sa.CheckConstraint("quantity >= 1", name="quantity_positive"),
-        sa.CheckConstraint("status IN ('ACTIVE', 'CANCELLED')", name="reservation_status_known"),
+        sa.CheckConstraint(
+            "status IN ('HELD', 'ACTIVE', 'CANCELLED', 'EXPIRED')", name="reservation_status_known"
+        ),
         sa.CheckConstraint(
             "(status = 'CANCELLED') = (cancelled_at IS NOT NULL)", name="cancelled_at_iff_cancelled"
         ),
+        sa.CheckConstraint(
+            "(status IN ('HELD', 'EXPIRED')) = (expires_at IS NOT NULL)",
+            name="expires_at_iff_held_or_expired",
+        ),
+        sa.CheckConstraint(
+            "CASE status WHEN 'ACTIVE' THEN confirmed_at IS NOT NULL"
+            " WHEN 'CANCELLED' THEN true ELSE confirmed_at IS NULL END",
+            name="confirmed_at_iff_confirmed",
+        ),
         sa.Index("ix_reservation_customer_id_id", "customer_id", "id"),
         sa.Index("ix_reservation_event_id_id", "event_id", "id"),
-        # Serves the per-customer limit: the active tickets one customer holds for one event.
+        # The holds due to expire: all of them (the sweeper), and one event's (its lock).
         sa.Index(
-            "ix_reservation_active_by_customer",
+            "ix_reservation_held_expires_at",
+            "expires_at",
+            postgresql_where=sa.text("status = 'HELD'"),
+        ),
+        sa.Index(
+            "ix_reservation_held_event_id_expires_at",
             "event_id",
-            "customer_id",
-            postgresql_where=sa.text("status = 'ACTIVE'"),
+            "expires_at",
+            postgresql_where=sa.text("status = 'HELD'"),
         ),
     )
 
@@ -128,6 +172,10 @@ class Reservation(SQLModel, table=True):
     created_at: datetime | None = Field(default=None, sa_column=_timestamp_column())
     updated_at: datetime | None = Field(default=None, sa_column=_timestamp_column())
     cancelled_at: datetime | None = Field(default=None, sa_column=_timestamp_column(nullable=True))
+    # When a HELD reservation runs out (kept once EXPIRED, to say when it did).
+    expires_at: datetime | None = Field(default=None, sa_column=_timestamp_column(nullable=True))
+    # When it became final (ACTIVE): at once without a hold, else when confirmed.
+    confirmed_at: datetime | None = Field(default=None, sa_column=_timestamp_column(nullable=True))
 
 
 class ReservationChange(SQLModel, table=True):
@@ -137,10 +185,13 @@ class ReservationChange(SQLModel, table=True):
     __table_args__ = (
         sa.CheckConstraint("quantity >= 1", name="change_quantity_positive"),
         sa.CheckConstraint(
-            "kind IN ('CREATED', 'INCREASED', 'DECREASED', 'CANCELLED')", name="change_kind_known"
+            "kind IN ('CREATED', 'INCREASED', 'DECREASED', 'CANCELLED', 'CONFIRMED', 'EXPIRED',"
+            " 'OFFERED')",
+            name="change_kind_known",
         ),
         sa.CheckConstraint(
-            "actor_role IN ('CUSTOMER', 'ORGANIZER', 'ADMIN')", name="change_actor_role_known"
+            "actor_role IN ('CUSTOMER', 'ORGANIZER', 'ADMIN', 'CHECKOUT', 'SYSTEM')",
+            name="change_actor_role_known",
         ),
         sa.Index("ix_reservation_change_reservation_id_id", "reservation_id", "id"),
     )
@@ -154,7 +205,7 @@ class ReservationChange(SQLModel, table=True):
         )
     )
     kind: ChangeKind = Field(sa_column=_status_column(ChangeKind))
-    # Tickets added, removed or (for CANCELLED) released by this change.
+    # Tickets added, removed, released (CANCELLED, EXPIRED), confirmed or offered.
     quantity: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
     # The subject of whoever made the change, for audit; never shown to customers.
     actor: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
@@ -163,7 +214,8 @@ class ReservationChange(SQLModel, table=True):
 
 
 class CustomerHold(SQLModel, table=True):
-    """The tickets one customer holds for one event over all their active reservations, kept
+    """The tickets one customer holds for one event over all their HELD and ACTIVE
+    reservations, kept
     with every change. It lets a reservation check the per-customer limit in the same single
     statement that takes the tickets: the upsert of this row sees (and waits for) concurrent
     reservations by the same customer, where a sum over reservations would read a snapshot
@@ -186,6 +238,53 @@ class CustomerHold(SQLModel, table=True):
     customer_id: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
     tickets: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
     ticket_limit: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+
+
+class WaitlistEntry(SQLModel, table=True):
+    """A customer waiting for tickets of an event, served in the order of joining."""
+
+    __tablename__ = "waitlist_entry"
+    __table_args__ = (
+        sa.CheckConstraint("quantity >= 1", name="waitlist_quantity_positive"),
+        sa.CheckConstraint(
+            "status IN ('WAITING', 'OFFERED', 'LEFT', 'CLOSED')", name="waitlist_status_known"
+        ),
+        sa.CheckConstraint(
+            "(status = 'OFFERED') = (reservation_id IS NOT NULL)", name="offer_iff_offered"
+        ),
+        sa.Index("ix_waitlist_entry_event_id_id", "event_id", "id"),
+        sa.Index("ix_waitlist_entry_customer_id_id", "customer_id", "id"),
+        # The queue: the entries still waiting, in order.
+        sa.Index(
+            "ix_waitlist_entry_waiting",
+            "event_id",
+            "id",
+            postgresql_where=sa.text("status = 'WAITING'"),
+        ),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True)
+    )
+    event_id: int = Field(
+        sa_column=sa.Column(
+            sa.BigInteger, sa.ForeignKey("event.id", ondelete="RESTRICT"), nullable=False
+        )
+    )
+    customer_id: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    quantity: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    status: WaitlistStatus = Field(
+        default=WaitlistStatus.WAITING, sa_column=_status_column(WaitlistStatus)
+    )
+    # The offer: the HELD reservation made for it when it was served.
+    reservation_id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.BigInteger, sa.ForeignKey("reservation.id", ondelete="RESTRICT"), nullable=True
+        ),
+    )
+    created_at: datetime | None = Field(default=None, sa_column=_timestamp_column())
+    updated_at: datetime | None = Field(default=None, sa_column=_timestamp_column())
 
 
 class IdempotencyKey(SQLModel, table=True):

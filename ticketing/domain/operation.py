@@ -16,10 +16,11 @@ class Operation(Generic[T]):
     """Calling it runs the work in the caller's transaction."""
 
     in_transaction: Callable[[Session], T]
-    # The same work for a session whose statements each commit on their own, when it is
-    # atomic there too (see `booking.reserve`): no transaction to open, and a hot row stays
-    # locked only while PostgreSQL runs one statement.
-    on_its_own: Callable[[Session], T] | None = None
+    # A first attempt for a session whose statements each commit on their own, atomic there
+    # too (see `booking.reserve`): no transaction to open, and a hot row stays locked only
+    # while PostgreSQL runs one statement. None means it settled nothing: run
+    # `in_transaction`.
+    on_its_own: Callable[[Session], T | None] | None = None
     # The row the work locks first, when known up front: callers may queue there.
     contends_for: Hashable | None = None
 

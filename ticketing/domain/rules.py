@@ -20,6 +20,7 @@ from ticketing.domain.errors import (
     DomainError,
     EventCancelled,
     EventStarted,
+    HoldExpired,
     InvalidQuantity,
     NotEnoughTickets,
     ReservationCancelled,
@@ -33,6 +34,7 @@ class Refusal(enum.StrEnum):
 
     EVENT_CANCELLED = "EVENT_CANCELLED"
     RESERVATION_CANCELLED = "RESERVATION_CANCELLED"
+    HOLD_EXPIRED = "HOLD_EXPIRED"
     EVENT_STARTED = "EVENT_STARTED"
     NOT_ENOUGH_TICKETS = "NOT_ENOUGH_TICKETS"
 
@@ -46,9 +48,10 @@ def refusal(
         (col(Event.status) == EventStatus.CANCELLED, Refusal.EVENT_CANCELLED)
     ]
     if of_reservation:
-        reasons.append(
-            (col(Reservation.status) == ReservationStatus.CANCELLED, Refusal.RESERVATION_CANCELLED)
-        )
+        reasons += [
+            (col(Reservation.status) == ReservationStatus.CANCELLED, Refusal.RESERVATION_CANCELLED),
+            (col(Reservation.status) == ReservationStatus.EXPIRED, Refusal.HOLD_EXPIRED),
+        ]
     reasons += [
         (col(Event.starts_at) <= clock.now(), Refusal.EVENT_STARTED),
         (col(Event.tickets_available) < taking, Refusal.NOT_ENOUGH_TICKETS),
@@ -56,10 +59,16 @@ def refusal(
     return sa.case(*reasons, else_=sa.null())
 
 
-def refuse(reason: str | None, event: Event, *, taking: int = 0) -> None:
+def refuse(
+    reason: str | None, event: Event, *, taking: int = 0, reservation: Reservation | None = None
+) -> None:
     """Raise the refusal that `refusal()` named, if any."""
     if reason is None:
         return
+    if reason == Refusal.HOLD_EXPIRED:
+        assert reservation is not None
+        assert reservation.expires_at is not None
+        raise HoldExpired(expired_at=reservation.expires_at)
     errors: dict[str, DomainError] = {
         Refusal.EVENT_CANCELLED: EventCancelled(),
         Refusal.RESERVATION_CANCELLED: ReservationCancelled(),
@@ -106,8 +115,16 @@ def customer_limit(
         raise CustomerLimitReached(limit=limit, held=held(session, event_id, customer_id)) from None
 
 
+def exceeds_limit(held: int, adding: int, limit: int | None) -> bool:
+    """The limit's rule, for decisions made under the event's lock that add no tickets
+    themselves (joining a waitlist, choosing whom to offer freed tickets): the comparison
+    that the `hold_within_limit` CHECK makes when tickets are added."""
+    return limit is not None and held + adding > limit
+
+
 def held(session: Session, event_id: int, customer_id: str) -> int:
-    """The tickets a customer holds for an event, over all their reservations of it."""
+    """The tickets a customer holds for an event, over all their HELD and ACTIVE
+    reservations of it."""
     tickets = session.scalar(
         select(CustomerHold.tickets).where(
             col(CustomerHold.event_id) == event_id, col(CustomerHold.customer_id) == customer_id

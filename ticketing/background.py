@@ -1,0 +1,45 @@
+"""Work each server process does on its own, periodically."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from ticketing.db import Database, DatabaseUnavailable
+from ticketing.domain import expiry, idempotency
+from ticketing.settings import Settings
+
+logger = logging.getLogger("ticketing")
+
+# Events settled per round of the hold sweep; a fuller round starts the next at once.
+SWEEP_BATCH = 100
+
+
+async def purge_idempotency_keys(db: Database, settings: Settings) -> None:
+    ttl = timedelta(hours=settings.idempotency_key_ttl_hours)
+    while True:
+        try:
+            purged = await db.run(lambda s: idempotency.purge_expired(s, older_than=ttl))
+            logger.debug("Purged %d expired idempotency keys", purged)
+        except DatabaseUnavailable as error:
+            logger.warning("Could not purge idempotency keys: %s", error)
+        await asyncio.sleep(settings.idempotency_purge_interval_s)
+
+
+async def release_expired_holds(db: Database, settings: Settings) -> None:
+    """Settle the events whose holds ran out, so that they expire on time on quiet events too
+    (busy ones settle on their next lock)."""
+    while True:
+        due: list[int] = []
+        try:
+            due = list(await db.run_autocommit(lambda s: expiry.due_events(s, limit=SWEEP_BATCH)))
+            for event_id in due:
+                await db.run(expiry.settle(event_id))
+        except DatabaseUnavailable as error:
+            logger.warning("Could not release expired holds: %s", error)
+        except Exception:
+            # The sweep must outlive any one failure; the next round tries again.
+            logger.exception("Releasing expired holds failed")
+        if len(due) < SWEEP_BATCH:
+            await asyncio.sleep(settings.hold_sweep_interval_s)
