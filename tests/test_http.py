@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine, make_url
 from starlette.testclient import TestClient
 
 from tests.conftest import ORGANIZER, insert_event, make_settings, snapshot
+from ticketing import graphiql
 from ticketing.app import create_app
 from ticketing.domain import catalog
 
@@ -536,6 +537,8 @@ def test_graphiql_can_be_turned_off(
     assert not response.headers["content-type"].startswith("text/html")
     assert "graphiql" not in response.text.lower()
     assert_request_error(response, status, "BAD_REQUEST")
+    asset = graphiql.load().assets["start.js"]  # nor are its assets
+    assert client_without_graphiql.get(f"/{asset.url}").status_code == 404
 
 
 # --- Probes -----------------------------------------------------------------------------------

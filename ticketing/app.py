@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from ticketing import background
+from ticketing import background, graphiql
 from ticketing.api.schema import build_schema
 from ticketing.db import Database, DatabaseUnavailable
 from ticketing.http import GraphQLEndpoint
@@ -44,7 +44,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # Alembic reports its context at INFO on every readiness check.
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     db = Database.from_settings(settings, settings.database_url)
-    graphql = GraphQLEndpoint(build_schema(settings), db, settings)
+    ide = graphiql.load() if settings.graphiql_enabled else None
+    graphql = GraphQLEndpoint(build_schema(settings), db, settings, ide)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 max_age=600,
             )
         )
+    ide_assets = [Route(graphiql.ASSET_ROUTE, ide.asset, methods=["GET"])] if ide else []
     return Starlette(
         middleware=middleware,
         routes=[
@@ -95,6 +97,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            *ide_assets,
         ],
         lifespan=lifespan,
     )

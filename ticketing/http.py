@@ -17,8 +17,7 @@ from typing import Any
 from graphql import GraphQLError, get_operation_ast, parse
 from graphql import OperationType as DocumentOperation
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import HTMLResponse, Response
-from strawberry.http.ides import get_graphql_ide_html
+from starlette.responses import Response
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
@@ -28,6 +27,7 @@ from ticketing.api.context import Context
 from ticketing.api.errors import ErrorCode
 from ticketing.auth import AuthenticationError, TokenRules, authenticate
 from ticketing.db import Database
+from ticketing.graphiql import GraphiQL
 from ticketing.persisted_queries import (
     InvalidPersistedQuery,
     PersistedQueries,
@@ -60,18 +60,19 @@ class GraphQLParams:
 
 
 class GraphQLEndpoint:
-    def __init__(self, schema: Any, db: Database, settings: Settings) -> None:
-        self.schema, self.db, self.settings = schema, db, settings
+    def __init__(
+        self, schema: Any, db: Database, settings: Settings, graphiql: GraphiQL | None
+    ) -> None:
+        self.schema, self.db, self.settings, self.graphiql = schema, db, settings, graphiql
         self.token_rules = TokenRules.from_settings(settings)
         self.persisted_queries = PersistedQueries()
         ttl_s = settings.answer_cache_ttl_ms / 1000
         self.answers = AnswerCache(ttl_s, settings.answer_cache_entries) if ttl_s else None
-        self.ide_html = get_graphql_ide_html("graphiql")
 
     async def handle(self, request: Request) -> Response:
         request_id = _request_id(request)
-        if self._wants_ide(request):
-            return HTMLResponse(self.ide_html)
+        if self.graphiql is not None and self._wants_ide(request):
+            return self.graphiql.page_response()
         answer = await self._answer(request, request_id)
         if request.method == "GET" and answer.shareable:
             # Repeated If-None-Match headers make one list (RFC 9110, 5.3).
@@ -170,8 +171,7 @@ class GraphQLEndpoint:
 
     def _wants_ide(self, request: Request) -> bool:
         return (
-            self.settings.graphiql_enabled
-            and request.method == "GET"
+            request.method == "GET"
             and "query" not in request.query_params
             and "extensions" not in request.query_params  # a persisted query's hash
             and "text/html" in request.headers.get("accept", "")
