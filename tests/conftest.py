@@ -21,11 +21,11 @@ from ticketing.api.ids import key_of, to_global_id
 from ticketing.app import create_app
 from ticketing.auth import mint_token
 from ticketing.db import create_db_engine
-from ticketing.domain.audit import hold_mismatches, inventory_mismatches
+from ticketing.domain.audit import hold_mismatches, inventory_mismatches, waitlist_mismatches
 from ticketing.settings import Settings
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
-TABLES = "idempotency_key, reservation_change, customer_hold, reservation, event"
+TABLES = "idempotency_key, waitlist_entry, reservation_change, customer_hold, reservation, event"
 
 
 @pytest.fixture(scope="session")
@@ -112,13 +112,19 @@ def client(database_url: str, engine: Engine) -> Iterator[TestClient]:
         yield made
 
 
-def token(subject: str = "alice", *, organizer: bool = False, admin: bool = False) -> str:
-    roles = [role for role, wanted in (("organizer", organizer), ("admin", admin)) if wanted]
+def token(
+    subject: str = "alice", *, organizer: bool = False, admin: bool = False, checkout: bool = False
+) -> str:
+    wanted = {"organizer": organizer, "admin": admin, "checkout": checkout}
+    roles = [role for role, given in wanted.items() if given]
     return mint_token(JWT_SECRET, subject, roles=roles, ttl=timedelta(hours=1))
 
 
-def auth(subject: str = "alice", *, organizer: bool = False, admin: bool = False) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(subject, organizer=organizer, admin=admin)}"}
+def auth(
+    subject: str = "alice", *, organizer: bool = False, admin: bool = False, checkout: bool = False
+) -> dict[str, str]:
+    minted = token(subject, organizer=organizer, admin=admin, checkout=checkout)
+    return {"Authorization": f"Bearer {minted}"}
 
 
 # The organizer who owns the events `insert_event` makes, unless told otherwise.
@@ -164,14 +170,16 @@ def insert_event(
     max_tickets_per_customer: int | None = None,
     status: str = "ON_SALE",
     owner: str = "olivia",
+    hold_minutes: int | None = None,
 ) -> str:
     """An event straight in the database (also ones the API can't make: started, cancelled)."""
     with engine.begin() as connection:
         key = connection.scalar(
             sa.text(
                 "INSERT INTO event (name, venue, starts_at, capacity, tickets_available,"
-                " max_tickets_per_customer, status, owner_id) VALUES (:name, :venue, :starts_at,"
-                " :capacity, :available, :limit, :status, :owner) RETURNING id"
+                " max_tickets_per_customer, status, owner_id, hold_minutes) VALUES (:name,"
+                " :venue, :starts_at, :capacity, :available, :limit, :status, :owner, :hold)"
+                " RETURNING id"
             ),
             {
                 "name": name,
@@ -182,6 +190,7 @@ def insert_event(
                 "limit": max_tickets_per_customer,
                 "status": status,
                 "owner": owner,
+                "hold": hold_minutes,
             },
         )
     return to_global_id("Event", key)
@@ -196,6 +205,47 @@ def start_event_now(engine: Engine, event_id: str) -> None:
         )
 
 
+class DatabaseClock:
+    """Moves the database's clock (`ticketing_now()`, the one every rule reads) forward, as
+    time passing would, for every connection and server process at once."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text("CREATE TABLE IF NOT EXISTS test_clock (shift interval NOT NULL)")
+            )
+            connection.execute(sa.text("TRUNCATE test_clock"))
+            connection.execute(sa.text("INSERT INTO test_clock VALUES ('0')"))
+            connection.execute(
+                sa.text(
+                    "CREATE OR REPLACE FUNCTION ticketing_now() RETURNS timestamptz LANGUAGE sql"
+                    " STABLE AS 'SELECT clock_timestamp() + (SELECT shift FROM test_clock)'"
+                )
+            )
+
+    def advance(self, by: timedelta) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(sa.text("UPDATE test_clock SET shift = shift + :by"), {"by": by})
+
+    def restore(self) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "CREATE OR REPLACE FUNCTION ticketing_now() RETURNS timestamptz LANGUAGE sql"
+                    " STABLE PARALLEL SAFE AS 'SELECT clock_timestamp()'"
+                )
+            )
+            connection.execute(sa.text("DROP TABLE test_clock"))
+
+
+@pytest.fixture
+def database_clock(engine: Engine) -> Iterator[DatabaseClock]:
+    made = DatabaseClock(engine)
+    yield made
+    made.restore()
+
+
 def lock_event_row(connection: sa.Connection, event_id: str) -> None:
     """Hold an event's row lock in the connection's transaction, as a slow request would."""
     connection.execute(
@@ -205,10 +255,15 @@ def lock_event_row(connection: sa.Connection, event_id: str) -> None:
 
 
 def invariant_violations(engine: Engine) -> list[Any]:
-    """Events where available + active reservations != capacity, and customers whose hold
-    differs from their active reservations (should be none)."""
+    """Events where available + HELD and ACTIVE reservations != capacity, customers whose hold
+    differs from their reservations, offers that don't match their entry, and waiting entries
+    that available tickets could serve (should be none)."""
     with engine.connect() as connection:
-        return [*inventory_mismatches(connection), *hold_mismatches(connection)]
+        return [
+            *inventory_mismatches(connection),
+            *hold_mismatches(connection),
+            *waitlist_mismatches(connection),
+        ]
 
 
 def table_counts(engine: Engine) -> dict[str, int]:
@@ -230,6 +285,7 @@ def snapshot(engine: Engine) -> list[Any]:
                 ("reservation_change", "id"),
                 ("customer_hold", "event_id, customer_id"),
                 ("idempotency_key", "customer_id, key"),
+                ("waitlist_entry", "id"),
             )
         ]
 

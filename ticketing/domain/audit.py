@@ -35,3 +35,22 @@ _HOLD_MISMATCHES = sa.text(
 
 def hold_mismatches(connection: sa.Connection) -> Sequence[sa.Row[Any]]:
     return connection.execute(_HOLD_MISMATCHES).all()
+
+
+# Offers that don't belong to their entry, and WAITING entries that the event's available
+# tickets could serve (whole quantity, within the limit) while it is on sale: promotion must
+# have offered them those tickets before anyone else could take them.
+_WAITLIST_MISMATCHES = sa.text(
+    "SELECT w.id, w.status, w.quantity, e.tickets_available FROM waitlist_entry w"
+    " JOIN event e ON e.id = w.event_id"
+    " LEFT JOIN reservation r ON r.id = w.reservation_id"
+    " LEFT JOIN customer_hold h ON h.event_id = w.event_id AND h.customer_id = w.customer_id"
+    " WHERE (w.status = 'OFFERED' AND (r.event_id <> w.event_id OR r.customer_id <> w.customer_id))"
+    " OR (w.status = 'WAITING' AND e.status = 'ON_SALE' AND e.starts_at > ticketing_now()"
+    " AND w.quantity <= e.tickets_available AND (e.max_tickets_per_customer IS NULL"
+    " OR COALESCE(h.tickets, 0) + w.quantity <= e.max_tickets_per_customer))"
+)
+
+
+def waitlist_mismatches(connection: sa.Connection) -> Sequence[sa.Row[Any]]:
+    return connection.execute(_WAITLIST_MISMATCHES).all()

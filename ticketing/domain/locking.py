@@ -6,9 +6,11 @@ everywhere means no deadlocks, and it serialises every check that spans rows (th
 per-customer limit, the waitlist's order) with the writes it guards.
 
 Taking the lock settles the event first: holds that ran out are released and their tickets
-offered to the waitlist, so no path can see an expired hold as held, and a reservation is
-never refused for tickets that expired holds would cover. Each lock then reads the refusal
-that applies (see `rules.refusal`) as of that moment.
+offered to the waitlist, in the caller's transaction, so no path can see an expired hold as
+held, and a reservation is never refused for tickets that expired holds would cover. (A
+refusal rolls the release back with everything else; the sweeper, see `expiry`, commits it
+within moments.) Each lock then reads the refusal that applies (see `rules.refusal`) as of
+that moment.
 """
 
 from __future__ import annotations
@@ -54,13 +56,6 @@ def lock_event(session: Session, event_id: int, *, taking: int = 0) -> LockedEve
     return found
 
 
-def settle_unless_busy(session: Session, event_id: int) -> bool:
-    """Lock (and so settle) the event unless another transaction holds its lock: that one
-    may be settling it already, and a sweeper must not queue behind a hot sale. Whether it
-    was locked."""
-    return _lock_event_where(session, col(Event.id) == event_id, 0, skip_locked=True) is not None
-
-
 def lock_reservation(
     session: Session, reservation_id: int, *, taking: int = 0
 ) -> LockedReservation:
@@ -83,12 +78,12 @@ def lock_reservation(
 
 
 def _lock_event_where(
-    session: Session, condition: sa.ColumnElement[bool], taking: int, *, skip_locked: bool = False
+    session: Session, condition: sa.ColumnElement[bool], taking: int
 ) -> LockedEvent | None:
     found = session.exec(
         select(Event, rules.refusal(taking=taking), _has_expired_holds)
         .where(condition)
-        .with_for_update(of=Event, skip_locked=skip_locked)
+        .with_for_update(of=Event)
         .execution_options(populate_existing=True)
     ).one_or_none()
     if found is None:

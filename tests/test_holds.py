@@ -1,0 +1,317 @@
+"""Timed holds: HELD reservations, confirmation, expiry (on every lock and by the sweeper)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from starlette.testclient import TestClient
+
+from tests.conftest import (
+    ORGANIZER,
+    DatabaseClock,
+    auth,
+    data,
+    history,
+    insert_event,
+    invariant_violations,
+    snapshot,
+    start_event_now,
+)
+from ticketing.api.ids import key_of
+from ticketing.db import Database
+from ticketing.domain import booking, errors, expiry
+from ticketing.domain.actors import Actor
+
+RESERVATION = """
+    reservation { id quantity status expiresAt confirmedAt cancelledAt
+                  history { edges { node { kind quantity actor } } } }
+    event { id ticketsAvailable }
+"""
+RESULT = f"""
+    __typename
+    ... on ReservationPayload {{ {RESERVATION} }}
+    ... on Error {{ message }}
+"""
+LIMITS = "... on CustomerLimitReached { limit held } ... on NotEnoughTickets { available }"
+EXPIRED = "... on HoldExpired { expiredAt }"
+CREATE = f"""mutation($input: CreateReservationInput!) {{
+    createReservation(input: $input) {{ {RESULT} {LIMITS} }} }}"""
+CONFIRM = f"""mutation($input: ConfirmReservationInput!) {{
+    confirmReservation(input: $input) {{ {RESULT} {EXPIRED} }} }}"""
+UPDATE = f"""mutation($input: UpdateReservationInput!) {{
+    updateReservation(input: $input) {{ {RESULT} {LIMITS} {EXPIRED} }} }}"""
+CANCEL = f"""mutation($input: CancelReservationInput!) {{
+    cancelReservation(input: $input) {{ {RESULT} {EXPIRED} }} }}"""
+
+
+def create(client: TestClient, event_id: str, quantity: int, who: str = "alice") -> Any:
+    return data(
+        client, CREATE, {"input": {"eventId": event_id, "quantity": quantity}}, headers=auth(who)
+    )["createReservation"]
+
+
+def confirm(client: TestClient, reservation_id: str, headers: dict[str, str]) -> Any:
+    return data(client, CONFIRM, {"input": {"reservationId": reservation_id}}, headers=headers)[
+        "confirmReservation"
+    ]
+
+
+def reservation(client: TestClient, reservation_id: str, who: str = "alice") -> Any:
+    return data(
+        client,
+        "query($id: ID!) { reservation(id: $id) { status quantity expiresAt confirmedAt"
+        " history { edges { node { kind quantity actor } } } event { ticketsAvailable } } }",
+        {"id": reservation_id},
+        headers=auth(who),
+    )["reservation"]
+
+
+def wait_for_status(
+    client: TestClient,
+    reservation_id: str,
+    status: str,
+    *,
+    only_in_database: Engine | None = None,
+    within_s: float = 1.5,
+) -> Any:
+    """The reservation once it has `status`: the sweeper's work, which runs every 0.25 s.
+    With `only_in_database`, poll the table rather than the API, so that no request's lock
+    can do the sweeper's work."""
+    deadline = time.monotonic() + within_s
+    while True:
+        if only_in_database is not None:
+            with only_in_database.connect() as connection:
+                found = connection.scalar(
+                    sa.text("SELECT status FROM reservation WHERE id = :id"),
+                    {"id": key_of(reservation_id, "Reservation")},
+                )
+        else:
+            found = reservation(client, reservation_id)["status"]
+        if found == status or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert found == status
+    return reservation(client, reservation_id)
+
+
+def at(moment: str) -> datetime:
+    return datetime.fromisoformat(moment)
+
+
+def test_an_event_with_a_hold_time_holds_then_confirms(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine, capacity=5, hold_minutes=10)
+    made = create(client, event_id, 2)
+    assert made["__typename"] == "ReservationPayload"
+    held = made["reservation"]
+    assert held["status"] == "HELD"
+    assert held["confirmedAt"] is None
+    with engine.connect() as connection:
+        now = connection.scalar(sa.text("SELECT now()"))
+    assert timedelta(minutes=9) < at(held["expiresAt"]) - now <= timedelta(minutes=10, seconds=5)
+    assert made["event"]["ticketsAvailable"] == 3
+
+    done = confirm(client, held["id"], auth("alice"))
+    assert done["__typename"] == "ReservationPayload"
+    final = done["reservation"]
+    assert (final["status"], final["expiresAt"]) == ("ACTIVE", None)
+    assert final["confirmedAt"] is not None
+    assert [(line["kind"], line["actor"]) for line in history(final)] == [
+        ("CREATED", "CUSTOMER"),
+        ("CONFIRMED", "CUSTOMER"),
+    ]
+    # Confirming again changes nothing.
+    before = snapshot(engine)
+    again = confirm(client, held["id"], auth("alice"))
+    assert again["reservation"]["confirmedAt"] == final["confirmedAt"]
+    assert snapshot(engine) == before
+    assert invariant_violations(engine) == []
+
+
+def test_an_event_without_a_hold_time_is_final_at_once(client: TestClient, engine: Engine) -> None:
+    made = create(client, insert_event(engine), 1)["reservation"]
+    assert (made["status"], made["expiresAt"]) == ("ACTIVE", None)
+    assert made["confirmedAt"] is not None
+
+
+def test_a_checkout_confirms_anyones_hold_and_others_find_nothing(
+    client: TestClient, engine: Engine
+) -> None:
+    held = create(client, insert_event(engine, hold_minutes=5), 1)["reservation"]
+    for stranger in (auth("bob"), ORGANIZER, auth("ada", admin=True)):
+        assert confirm(client, held["id"], stranger)["__typename"] == "NotFound"
+    done = confirm(client, held["id"], auth("payments", checkout=True))
+    assert done["reservation"]["status"] == "ACTIVE"
+    assert history(done["reservation"])[-1] == {
+        "kind": "CONFIRMED",
+        "quantity": 1,
+        "actor": "CHECKOUT",
+    }
+
+
+def test_changes_to_a_hold_keep_its_end(client: TestClient, engine: Engine) -> None:
+    held = create(client, insert_event(engine, hold_minutes=5), 2)["reservation"]
+    for operation in ("INCREASE", "DECREASE"):
+        changed = data(
+            client,
+            UPDATE,
+            {"input": {"reservationId": held["id"], "operation": operation, "quantity": 1}},
+            headers=auth(),
+        )["updateReservation"]["reservation"]
+        assert (changed["status"], changed["expiresAt"]) == ("HELD", held["expiresAt"])
+    cancelled = data(client, CANCEL, {"input": {"reservationId": held["id"]}}, headers=auth())
+    gone = cancelled["cancelReservation"]["reservation"]
+    assert (gone["status"], gone["expiresAt"]) == ("CANCELLED", None)
+    assert invariant_violations(engine) == []
+
+
+def test_a_hold_that_ran_out_refuses_everything_with_hold_expired(
+    client: TestClient, engine: Engine, database_clock: DatabaseClock
+) -> None:
+    event_id = insert_event(engine, capacity=4, hold_minutes=5)
+    held = create(client, event_id, 3)["reservation"]
+    database_clock.advance(timedelta(minutes=5, seconds=1))
+    before_any = reservation(client, held["id"])
+    refusals = [
+        confirm(client, held["id"], auth()),
+        data(
+            client,
+            UPDATE,
+            {"input": {"reservationId": held["id"], "operation": "INCREASE", "quantity": 1}},
+            headers=auth(),
+        )["updateReservation"],
+        data(
+            client,
+            UPDATE,
+            {"input": {"reservationId": held["id"], "operation": "DECREASE", "quantity": 1}},
+            headers=auth(),
+        )["updateReservation"],
+        data(client, CANCEL, {"input": {"reservationId": held["id"]}}, headers=auth())[
+            "cancelReservation"
+        ],
+    ]
+    assert {refusal["__typename"] for refusal in refusals} == {"HoldExpired"}
+    assert {refusal["expiredAt"] for refusal in refusals} == {held["expiresAt"]}
+    # A refusal rolls back the release it saw; the sweeper commits it within moments.
+    assert before_any["status"] in ("HELD", "EXPIRED")
+    after = wait_for_status(client, held["id"], "EXPIRED")
+    assert after["expiresAt"] is None
+    assert after["event"]["ticketsAvailable"] == 4
+    assert history(after) == [
+        {"kind": "CREATED", "quantity": 3, "actor": "CUSTOMER"},
+        {"kind": "EXPIRED", "quantity": 3, "actor": "SYSTEM"},
+    ]
+    assert invariant_violations(engine) == []
+
+
+def test_the_sweeper_expires_holds_on_an_event_nobody_touches(
+    client: TestClient, engine: Engine, database_clock: DatabaseClock
+) -> None:
+    event_id = insert_event(engine, capacity=4, hold_minutes=1)
+    held = create(client, event_id, 2)["reservation"]
+    database_clock.advance(timedelta(minutes=1))
+    with engine.connect() as connection:
+        due = connection.scalar(sa.text("SELECT expires_at - ticketing_now() FROM reservation"))
+    assert due <= timedelta(0)
+    expired = wait_for_status(client, held["id"], "EXPIRED", only_in_database=engine)
+    assert expired["event"]["ticketsAvailable"] == 4
+    assert invariant_violations(engine) == []
+
+
+@pytest.fixture
+def db(engine: Engine) -> Database:
+    return Database(engine, max_threads=20)
+
+
+def test_expired_holds_cover_a_reservation_before_any_sweep(
+    db: Database, engine: Engine, database_clock: DatabaseClock
+) -> None:
+    """No sweeper runs here: the reservation itself releases the expired holds it needs."""
+    event = key_of(insert_event(engine, capacity=3, hold_minutes=2), "Event")
+    assert event is not None
+    held = db.transaction(booking.reserve(event_id=event, actor=Actor("alice"), quantity=3))
+    assert held.reservation.status == "HELD"
+    with pytest.raises(errors.NotEnoughTickets):
+        db.transaction(booking.reserve(event_id=event, actor=Actor("bob"), quantity=2))
+    database_clock.advance(timedelta(minutes=2))
+    # The one-statement attempt misses (tickets still held); the locked path releases them.
+    operation = booking.reserve(event_id=event, actor=Actor("bob"), quantity=2)
+    assert operation.on_its_own is not None
+    assert db.autocommit(operation.on_its_own) is None
+    taken = db.transaction(operation)
+    assert (taken.reservation.quantity, taken.event.tickets_available) == (2, 1)
+    assert invariant_violations(engine) == []
+
+
+def test_processes_sweeping_at_once_release_each_hold_once(
+    db: Database, engine: Engine, database_clock: DatabaseClock
+) -> None:
+    events = [key_of(insert_event(engine, capacity=6, hold_minutes=1), "Event") for _ in range(4)]
+    for event in events:
+        assert event is not None
+        for customer in ("alice", "bob", "carol"):
+            db.transaction(booking.reserve(event_id=event, actor=Actor(customer), quantity=2))
+    database_clock.advance(timedelta(minutes=1))
+
+    def sweep(_: int) -> None:
+        for event_id in db.autocommit(lambda s: expiry.due_events(s, limit=100)):
+            db.transaction(expiry.settle(event_id))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(sweep, range(8)))
+    with engine.connect() as connection:
+        lines = connection.execute(
+            sa.text("SELECT kind, count(*) FROM reservation_change GROUP BY kind ORDER BY kind")
+        ).all()
+        available = connection.scalars(sa.text("SELECT tickets_available FROM event")).all()
+    assert lines == [("CREATED", 12), ("EXPIRED", 12)]
+    assert available == [6, 6, 6, 6]
+    assert invariant_violations(engine) == []
+
+
+def test_the_limit_counts_held_tickets(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine, capacity=10, max_tickets_per_customer=3, hold_minutes=5)
+    create(client, event_id, 2)
+    refused = create(client, event_id, 2)
+    assert refused["__typename"] == "CustomerLimitReached"
+    assert (refused["limit"], refused["held"]) == (3, 2)
+
+
+def test_confirming_after_the_start_is_refused(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine, hold_minutes=5)
+    held = create(client, event_id, 1)["reservation"]
+    start_event_now(engine, event_id)
+    assert confirm(client, held["id"], auth())["__typename"] == "EventStarted"
+
+
+@pytest.mark.parametrize("minutes", [0, 121, -5])
+def test_hold_times_outside_1_to_120_minutes_are_refused(
+    client: TestClient, engine: Engine, minutes: int
+) -> None:
+    event_id = insert_event(engine)
+    answer = data(
+        client,
+        """mutation($input: UpdateEventInput!) { updateEvent(input: $input) {
+            __typename ... on InvalidEvent { field } } }""",
+        {"input": {"eventId": event_id, "holdMinutes": minutes}},
+        headers=ORGANIZER,
+    )["updateEvent"]
+    assert answer == {"__typename": "InvalidEvent", "field": "holdMinutes"}
+
+
+def test_a_new_hold_time_applies_to_new_holds_only(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine, hold_minutes=5)
+    first = create(client, event_id, 1)["reservation"]
+    data(
+        client,
+        """mutation($input: UpdateEventInput!) { updateEvent(input: $input) { __typename } }""",
+        {"input": {"eventId": event_id, "holdMinutes": None}},
+        headers=ORGANIZER,
+    )
+    assert reservation(client, first["id"])["expiresAt"] == first["expiresAt"]
+    assert create(client, event_id, 1)["reservation"]["status"] == "ACTIVE"
