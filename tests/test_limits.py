@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from graphql import get_introspection_query, parse
+from graphql import GraphQLNonNull, GraphQLObjectType, get_introspection_query, parse
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
@@ -27,7 +27,7 @@ from tests.adversarial_documents import (
     token_count,
 )
 from tests.conftest import JWT_SECRET, ORGANIZER, auth, gql, insert_event, make_settings
-from ticketing.api.limits import DocumentLimits
+from ticketing.api.limits import PAGINATED_FIELDS, DocumentLimits
 from ticketing.api.schema import build_schema
 from ticketing.api.validation import DOCUMENT_CACHE_SIZE, ValidateWithinLimits, validator_for
 from ticketing.app import create_app
@@ -332,3 +332,19 @@ def test_answers_larger_than_the_limit_are_refused(database_url: str, engine: En
             headers=ORGANIZER,
         )
         assert len(created["data"]["createEvent"]["event"]["f"]) == 10_000
+
+
+def test_every_connection_field_counts_as_a_page() -> None:
+    """The cost model prices a field as a page by its name: every field that returns a
+    connection must be named, or a new list would be priced as one item."""
+    schema = build_schema(make_settings("postgresql+psycopg2://unused/none"))._schema
+    returning_pages = set()
+    for named in schema.type_map.values():
+        if isinstance(named, GraphQLObjectType) and not named.name.startswith("__"):
+            for name, field in named.fields.items():
+                returned = (
+                    field.type.of_type if isinstance(field.type, GraphQLNonNull) else field.type
+                )
+                if getattr(returned, "name", "").endswith("Connection"):
+                    returning_pages.add(name)
+    assert returning_pages == PAGINATED_FIELDS

@@ -29,7 +29,9 @@ from ticketing.api.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from ticketing.settings import Settings
 
 # Fields that return a page even when `first` is left out.
-PAGINATED_FIELDS = frozenset({"events", "myReservations", "reservations", "history"})
+PAGINATED_FIELDS = frozenset(
+    {"events", "myReservations", "reservations", "history", "waitlist", "myWaitlistEntries"}
+)
 
 
 @dataclass(frozen=True)
