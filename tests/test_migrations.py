@@ -119,3 +119,38 @@ def test_owners_and_history_roles_are_backfilled(databases: Databases) -> None:
             assert connection.scalar(sa.text("SELECT count(*) FROM reservation_change")) == 2
     finally:
         engine.dispose()
+
+
+def test_holds_backfill_confirmations_and_block_a_lossy_downgrade(databases: Databases) -> None:
+    """Reservations made before holds were final at once: they are confirmed when they were
+    made. Once holds or waitlists are used, going back below them is refused, not lossy."""
+    engine = create_db_engine(databases.create())
+    try:
+        migrations.upgrade(engine, "0005")
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO event (name, venue, starts_at, capacity, tickets_available,"
+                    " status, owner_id) VALUES ('Old', 'Hall', now() + interval '1 day', 5, 3,"
+                    " 'ON_SALE', 'olivia');"
+                    " INSERT INTO reservation (event_id, customer_id, quantity, status)"
+                    " VALUES (1, 'alice', 2, 'ACTIVE')"
+                )
+            )
+        migrations.upgrade(engine)
+        with engine.begin() as connection:
+            assert connection.execute(
+                sa.text("SELECT confirmed_at = created_at, expires_at FROM reservation")
+            ).all() == [(True, None)]
+            connection.execute(
+                sa.text(
+                    "INSERT INTO reservation (event_id, customer_id, quantity, status, expires_at)"
+                    " VALUES (1, 'bob', 1, 'HELD', now() + interval '5 minutes')"
+                )
+            )
+        with pytest.raises(RuntimeError, match="cannot go back below 0006"):
+            migrations.downgrade(engine, "0005")
+        with engine.connect() as connection:
+            assert migrations.is_at_head(connection)
+    finally:
+        engine.dispose()
