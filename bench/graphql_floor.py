@@ -20,7 +20,7 @@ from strawberry.extensions import ParserCache, ValidationCache
 
 from bench.stats import percentile
 from ticketing.api.pagination import Connection
-from ticketing.api.types import Reservation, reservation_page
+from ticketing.api.types import Reservation, event_rows_page
 from ticketing.domain import models
 
 PAGE = 20
@@ -73,7 +73,9 @@ class _Query:
     @strawberry.field
     async def my_reservations(self, first: int) -> Connection[Reservation]:
         assert first == PAGE
-        return reservation_page(_ROWS, _EVENTS, PAGE, count=_count, after_given=False)
+        return event_rows_page(
+            _ROWS, _EVENTS, PAGE, to_node=Reservation.from_model, count=_count, after_given=False
+        )
 
 
 @dataclass(frozen=True)

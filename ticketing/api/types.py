@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import strawberry
 from sqlmodel import Session
@@ -26,6 +26,9 @@ from ticketing.domain import catalog, models
 
 if TYPE_CHECKING:
     from ticketing.api.waitlist import WaitlistEntry
+
+RowT = TypeVar("RowT", models.Reservation, models.WaitlistEntry)
+NodeT = TypeVar("NodeT")
 
 
 @strawberry.enum(description="Whether an event is selling tickets.")
@@ -290,49 +293,69 @@ async def reservation_connection(
     customer_id: str | None = None,
     event_id: int | None = None,
 ) -> Connection[Reservation]:
-    size = page_size(first)
-    after_id = id_position(after) if after is not None else None
     wanted = models.ReservationStatus[status.name] if status else None
-
-    def page_and_events(
-        session: Session,
-    ) -> tuple[Sequence[models.Reservation], dict[int, models.Event]]:
-        rows = catalog.list_reservations(
+    return await event_rows_connection(
+        info,
+        first=first,
+        after=after,
+        page=lambda session, after_id, limit: catalog.list_reservations(
             session,
             customer_id=customer_id,
             event_id=event_id,
             status=wanted,
             after_id=after_id,
-            limit=size + 1,
-        )
-        # Their events too, in the same round trip to the thread.
+            limit=limit,
+        ),
+        count=lambda session: catalog.count_reservations(
+            session, customer_id=customer_id, event_id=event_id, status=wanted
+        ),
+        to_node=Reservation.from_model,
+    )
+
+
+async def event_rows_connection(
+    info: Info,
+    *,
+    first: int | None,
+    after: str | None,
+    page: Callable[[Session, int | None, int], Sequence[RowT]],
+    count: Callable[[Session], int],
+    to_node: Callable[[RowT, models.Event], NodeT],
+) -> Connection[NodeT]:
+    """A page of rows that each belong to an event (reservations, waitlist entries), listed by
+    id: `page(session, after_id, limit)` reads them, their events come in the same round trip
+    to the database thread."""
+    size = page_size(first)
+    after_id = id_position(after) if after is not None else None
+
+    def rows_and_events(session: Session) -> tuple[Sequence[RowT], dict[int, models.Event]]:
+        rows = page(session, after_id, size + 1)
         return rows, catalog.events_by_id(session, sorted({row.event_id for row in rows}))
 
-    rows, events = await info.context.db.run_autocommit(page_and_events)
+    rows, events = await info.context.db.run_autocommit(rows_and_events)
 
-    async def count() -> int:
-        return await info.context.db.run_autocommit(
-            lambda session: catalog.count_reservations(
-                session, customer_id=customer_id, event_id=event_id, status=wanted
-            )
-        )
+    async def total() -> int:
+        return await info.context.db.run_autocommit(count)
 
-    return reservation_page(rows, events, size, count=count, after_given=after is not None)
+    return event_rows_page(
+        rows, events, size, to_node=to_node, count=total, after_given=after is not None
+    )
 
 
-def reservation_page(
-    rows: Sequence[models.Reservation],
+def event_rows_page(
+    rows: Sequence[RowT],
     events: Mapping[int, models.Event],
     size: int,
     *,
+    to_node: Callable[[RowT, models.Event], NodeT],
     count: Callable[[], Awaitable[int]],
     after_given: bool,
-) -> Connection[Reservation]:
-    """A page of reservations, with their events, from the rows loaded for it."""
+) -> Connection[NodeT]:
+    """A page of rows with their events, from the rows loaded for it."""
     return build_connection(
         rows,
         size,
-        to_node=lambda row: Reservation.from_model(row, events[row.event_id]),
+        to_node=lambda row: to_node(row, events[row.event_id]),
         position_of=lambda row: [row.id],
         count=count,
         after_given=after_given,

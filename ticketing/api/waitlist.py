@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, TypeAlias, cast
 
 import strawberry
-from sqlmodel import Session
 
 from ticketing.api.context import Info
 from ticketing.api.errors import (
@@ -24,8 +22,8 @@ from ticketing.api.errors import (
 )
 from ticketing.api.ids import key_of
 from ticketing.api.mutations import IDEMPOTENCY_KEY_DESCRIPTION, at_most_once, attempt
-from ticketing.api.pagination import Connection, build_connection, page_size
-from ticketing.api.types import Event, Node, Reservation, id_position
+from ticketing.api.pagination import Connection
+from ticketing.api.types import Event, Node, Reservation, event_rows_connection
 from ticketing.domain import catalog, models, waitlist
 from ticketing.domain.operation import Operation
 
@@ -204,39 +202,23 @@ async def waitlist_connection(
     status: WaitlistStatus | None = None,
 ) -> Connection[WaitlistEntry]:
     """An event's entries in the order of joining, or a customer's newest first."""
-    size = page_size(first)
-    after_id = id_position(after) if after is not None else None
     wanted = models.WaitlistStatus[status.name] if status else None
-
-    def page_and_events(
-        session: Session,
-    ) -> tuple[Sequence[models.WaitlistEntry], dict[int, models.Event]]:
-        rows = catalog.list_waitlist(
+    return await event_rows_connection(
+        info,
+        first=first,
+        after=after,
+        page=lambda session, after_id, limit: catalog.list_waitlist(
             session,
             event_id=event_id,
             customer_id=customer_id,
             status=wanted,
             after_id=after_id,
-            limit=size + 1,
-        )
-        return rows, catalog.events_by_id(session, sorted({row.event_id for row in rows}))
-
-    rows, events = await info.context.db.run_autocommit(page_and_events)
-
-    async def count() -> int:
-        return await info.context.db.run_autocommit(
-            lambda session: catalog.count_waitlist(
-                session, event_id=event_id, customer_id=customer_id, status=wanted
-            )
-        )
-
-    return build_connection(
-        rows,
-        size,
-        to_node=lambda row: WaitlistEntry.from_model(row, events[row.event_id]),
-        position_of=lambda row: [row.id],
-        count=count,
-        after_given=after is not None,
+            limit=limit,
+        ),
+        count=lambda session: catalog.count_waitlist(
+            session, event_id=event_id, customer_id=customer_id, status=wanted
+        ),
+        to_node=WaitlistEntry.from_model,
     )
 
 
