@@ -38,6 +38,7 @@ from ticketing import migrations
 from ticketing.db import create_db_engine
 from ticketing.domain.audit import hold_mismatches, inventory_mismatches
 from ticketing.embedded import start_embedded_postgres
+from ticketing.settings import postgresql_url
 
 BENCH = Path(__file__).resolve().parent
 WORK = BENCH / ".work"
@@ -111,7 +112,11 @@ def main() -> int:
 
     wrk = _require_wrk()
     WORK.mkdir(exist_ok=True)
-    url = os.environ.get("BENCH_DATABASE_URL") or start_embedded_postgres(WORK / "db").url
+    given = os.environ.get("BENCH_DATABASE_URL")
+    try:
+        url = postgresql_url(given) if given else start_embedded_postgres(WORK / "db").url
+    except ValueError as error:
+        raise SystemExit(f"BENCH_DATABASE_URL: {error}") from None
     engine = create_db_engine(url)
     migrations.upgrade(engine)
     secret = secrets.token_urlsafe(48)

@@ -6,9 +6,10 @@ from logging.config import fileConfig
 
 import sqlalchemy as sa
 from alembic import context
+from pydantic import ValidationError
 
 from ticketing.domain import models
-from ticketing.settings import get_settings
+from ticketing.settings import get_settings, postgresql_url, problems
 
 config = context.config
 target_metadata = models.SQLModel.metadata
@@ -18,7 +19,14 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
 
 
 def database_url() -> str:
-    url = config.get_main_option("sqlalchemy.url") or get_settings().database_url
+    """The URL, normalised as the service does; a bad one exits with one line, no traceback."""
+    try:
+        given = config.get_main_option("sqlalchemy.url")
+        url = postgresql_url(given) if given else get_settings().database_url
+    except ValidationError as error:
+        raise SystemExit("\n".join(problems(error))) from None
+    except ValueError as error:
+        raise SystemExit(f"sqlalchemy.url: {error}") from None
     if not url:
         raise SystemExit("Set DATABASE_URL to the database to migrate.")
     return url

@@ -22,7 +22,7 @@ from ticketing.app import create_app
 from ticketing.auth import mint_token
 from ticketing.db import create_db_engine
 from ticketing.domain.audit import hold_mismatches, inventory_mismatches, waitlist_mismatches
-from ticketing.settings import Settings
+from ticketing.settings import Settings, postgresql_url
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 TABLES = "idempotency_key, waitlist_entry, reservation_change, customer_hold, reservation, event"
@@ -33,7 +33,11 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A URL of a PostgreSQL server's maintenance database (`postgres`)."""
     given = os.environ.get("TEST_DATABASE_URL")
     if given:
-        yield given
+        try:
+            url = postgresql_url(given)
+        except ValueError as error:
+            pytest.exit(f"TEST_DATABASE_URL: {error}", returncode=pytest.ExitCode.USAGE_ERROR)
+        yield url
         return
     import pgserver
 

@@ -17,7 +17,7 @@ from ticketing import migrations
 from ticketing.auth import ADMIN_ROLE, CHECKOUT_ROLE, ORGANIZER_ROLE, mint_token
 from ticketing.db import create_db_engine
 from ticketing.seed import DEMO_ORGANIZER
-from ticketing.settings import DEVELOPMENT_JWT_SECRET, Settings, get_settings
+from ticketing.settings import DEVELOPMENT_JWT_SECRET, Settings, get_settings, problems
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,11 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except ValidationError as error:
-        problems = "\n".join(
-            f"  {'.'.join(map(str, problem['loc'])) or 'settings'}: {problem['msg']}"
-            for problem in error.errors()
-        )
-        print(f"ticketing: invalid settings:\n{problems}", file=sys.stderr)
+        for problem in problems(error):
+            print(f"ticketing: invalid settings: {problem}", file=sys.stderr)
         return 2
 
 

@@ -6,12 +6,39 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 # Only for local development: `ticketing serve` prints a demo token while it is in use.
 DEVELOPMENT_JWT_SECRET = "ticketing-development-secret-change-me-0123456789"  # noqa: S105
 MIN_JWT_SECRET_LENGTH = 32  # HS256 wants a key of at least 256 bits
+DATABASE_URL_FORM = "postgresql://user:password@host:5432/database"
+
+
+def postgresql_url(url: str) -> str:
+    """`url` as the SQLAlchemy URL the service connects with: `postgresql://`, `postgres://`
+    and `postgresql+psycopg2://` all mean psycopg2 (SQLAlchemy 2.1 would pick psycopg 3 for
+    the first, and knows no `postgres`). ValueError with one line saying what to write
+    otherwise; the message never repeats the URL, which may hold a password."""
+    scheme, separator, rest = url.strip().partition("://")
+    dialect, _, driver = scheme.lower().partition("+")
+    if not separator or not dialect:
+        raise ValueError(f"not a database URL; write {DATABASE_URL_FORM}")
+    if dialect not in ("postgresql", "postgres"):
+        raise ValueError(f"{dialect}:// is not PostgreSQL; write {DATABASE_URL_FORM}")
+    if driver not in ("", "psycopg2"):
+        raise ValueError(
+            f"the driver {driver!r} is not the one the service runs on (psycopg2); write "
+            f"{DATABASE_URL_FORM} (or postgresql+psycopg2://...)"
+        )
+    normalized = f"postgresql+psycopg2://{rest}"
+    try:
+        make_url(normalized)
+    except (ArgumentError, ValueError):  # e.g. a port that isn't a number
+        raise ValueError(f"not a valid database URL; write {DATABASE_URL_FORM}") from None
+    return normalized
 
 
 class Settings(BaseSettings):
@@ -78,6 +105,11 @@ class Settings(BaseSettings):
     hold_sweep_interval_s: float = Field(default=0.25, gt=0, le=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg2_url(cls, value: str | None) -> str | None:
+        return postgresql_url(value) if value else None
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
@@ -113,6 +145,26 @@ class Settings(BaseSettings):
         if self.introspection is not None:
             return self.introspection
         return self.env == "development"
+
+
+def problems(error: ValidationError) -> list[str]:
+    """One line per invalid setting, named by its environment variable, without pydantic's
+    prefixes or the value given (it may be a secret)."""
+    return [
+        f"{_variable(problem['loc'])}: {problem['msg'].removeprefix('Value error, ')}"
+        for problem in error.errors()
+    ]
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return "settings"
+    field = Settings.model_fields.get(str(loc[0]))
+    if field is None:  # already the variable's name
+        return str(loc[0])
+    if isinstance(field.validation_alias, str):
+        return field.validation_alias
+    return f"{Settings.model_config['env_prefix']}{str(loc[0]).upper()}"
 
 
 @lru_cache(maxsize=1)
