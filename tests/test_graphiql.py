@@ -35,7 +35,8 @@ def test_graphiql_page_names_nothing_from_elsewhere(client: TestClient) -> None:
     for directive in ("default-src 'none'", "script-src 'self'", "connect-src 'self'"):
         assert directive in policy
     assert response.headers["cache-control"] == "no-cache"
-    assert response.headers["vary"] == "Accept"
+    # Origin too: outside production the CORS headers depend on the asking origin.
+    assert response.headers["vary"] == "Accept, Origin"
     assert response.headers["x-content-type-options"] == "nosniff"
 
 

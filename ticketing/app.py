@@ -24,6 +24,11 @@ from ticketing.settings import Settings, get_settings
 
 logger = logging.getLogger("ticketing")
 
+# Outside production, a browser app served from the developer's own machine (a Vite or
+# webpack dev server, any port) may call the API at once; production allows only the
+# origins listed in TICKETING_CORS_ORIGINS.
+LOCAL_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d{1,5})?"
+
 
 def _not_ready(database: str) -> JSONResponse:
     return JSONResponse(
@@ -74,11 +79,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         db.dispose()
 
     middleware = []
-    if settings.cors_origins:
+    local_origins = LOCAL_ORIGINS if settings.env != "production" else None
+    if settings.cors_origins or local_origins:
         middleware.append(
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
+                allow_origin_regex=local_origins,
                 allow_methods=["GET", "POST"],
                 allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
                 expose_headers=["X-Request-ID", "Retry-After"],
