@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from pathlib import Path
 
 import httpx
+import psutil
 
 from tests.servers import serve
 from ticketing.seed import DEMO_EVENTS
@@ -59,3 +62,36 @@ def test_serve_without_database_url_runs_on_an_embedded_database(tmp_path: Path)
         events = httpx.post(f"{running.url}/graphql", json=QUERY).json()
         assert events == {"data": {"events": {"totalCount": len(DEMO_EVENTS)}}}
         assert "demo events" not in running.output()
+
+
+def test_a_killed_server_leaves_no_lasting_postgres(tmp_path: Path) -> None:
+    """After `kill -9` the private PostgreSQL outlives the service (nothing could stop it); the
+    next start takes it over, and its clean shutdown stops it."""
+    env = {"TICKETING_DATA_DIR": str(tmp_path / "data")}
+    postmaster = tmp_path / "data" / "pgdata" / "postmaster.pid"
+    with serve(env, cwd=tmp_path, log_dir=tmp_path) as running:
+        running.process.send_signal(signal.SIGKILL)
+        running.process.wait()
+    leftover = int(postmaster.read_text().split()[0])
+    try:
+        assert psutil.pid_exists(leftover)
+        with serve(env, cwd=tmp_path, log_dir=tmp_path) as running:
+            events = httpx.post(f"{running.url}/graphql", json=QUERY).json()
+            assert events == {"data": {"events": {"totalCount": len(DEMO_EVENTS)}}}
+        assert running.process.returncode == 0, running.output()
+        assert not postmaster.exists()
+        assert _exits(leftover, timeout=10)
+    finally:
+        if not _exits(leftover, timeout=0):  # the failure above: don't leave it to the machine
+            os.kill(leftover, signal.SIGINT)  # PostgreSQL's fast shutdown
+            _exits(leftover, timeout=20)
+
+
+def _exits(pid: int, timeout: float) -> bool:
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        return False
+    return True
