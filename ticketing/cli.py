@@ -135,6 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=workers,
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
+        timeout_keep_alive=settings.keepalive_timeout_s,
     )
     return 0
 

@@ -68,12 +68,23 @@ class GraphQLEndpoint:
         self.persisted_queries = PersistedQueries()
         ttl_s = settings.answer_cache_ttl_ms / 1000
         self.answers = AnswerCache(ttl_s, settings.answer_cache_entries) if ttl_s else None
+        self.in_flight = 0  # requests being answered (one event loop: no lock needed)
 
     async def handle(self, request: Request) -> Response:
         request_id = _request_id(request)
         if self.graphiql is not None and self._wants_ide(request):
             return self.graphiql.page_response()
-        answer = await self._answer(request, request_id)
+        if self.in_flight >= self.settings.max_concurrent_requests:
+            logger.warning("Request %s refused: %d requests in flight", request_id, self.in_flight)
+            busy = "The server is busy; nothing was done, retry shortly."
+            return _error_answer(
+                503, busy, ErrorCode.SERVICE_UNAVAILABLE, JSON, {"Retry-After": "1"}
+            ).response(request_id)
+        self.in_flight += 1
+        try:
+            answer = await self._answer(request, request_id)
+        finally:
+            self.in_flight -= 1
         if request.method == "GET" and answer.shareable:
             # Repeated If-None-Match headers make one list (RFC 9110, 5.3).
             if_none_match = ", ".join(request.headers.getlist("if-none-match")) or None

@@ -8,15 +8,19 @@ over 64 KiB got a plain-text 400 from the parser. Here:
 - more than `max_headers` header fields, or more than `max_header_bytes` of them (names and
   values), get 431 Request Header Fields Too Large;
 - a connection that hasn't sent a complete request head within `header_timeout_s` of opening,
-  or of the first byte of its next request, is closed.
+  or of the first byte of its next request, is closed;
+- an idle connection whose next request has already arrived is not closed by the keep-alive
+  timeout.
 Refusals are small JSON answers shaped like the API's other errors, and close the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
+import termios
 from array import array
 from http import HTTPStatus
 from typing import Any
@@ -137,6 +141,14 @@ class HttpProtocol(HttpToolsProtocol):
         self.head_bytes = 0
         super().on_message_complete()
 
+    def timeout_keep_alive_handler(self) -> None:
+        # A busy worker can run this timer after a request has arrived but before reading
+        # it (uvloop runs due timers before polling sockets). Closing a socket holding
+        # unread data resets the connection, and the client loses that request without an
+        # answer: the reset seen under a burst. Reading the request cancels the timer.
+        if self.transport.is_closing() or not _has_unread_data(self.transport):
+            super().timeout_keep_alive_handler()
+
     def _header_fields_too_large(self) -> RequestHeadRefused:
         return RequestHeadRefused(
             HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -178,3 +190,12 @@ class HttpProtocol(HttpToolsProtocol):
             self.transport.close()
         else:
             self.head_timer = self.loop.call_at(self.head_deadline, self._check_head_deadline)
+
+
+def _has_unread_data(transport: asyncio.BaseTransport) -> bool:
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    waiting = array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, waiting)
+    return waiting[0] > 0

@@ -74,6 +74,16 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(default=16_384, ge=1024)
     max_headers: int = Field(default=100, ge=10)
     header_timeout_s: float = Field(default=10, gt=0)
+    # How long an idle connection is kept open for its next request. Above the idle timeouts
+    # of the load balancers in front (AWS ALB: 60 s by default), so that they, not the
+    # server, close idle connections: a server closing one just as the balancer reuses it
+    # costs a request (a 502). 75 s as nginx's keepalive_timeout, for the same reason.
+    keepalive_timeout_s: int = Field(default=75, ge=1)
+    # GraphQL requests one worker serves at once; more are answered 503 with Retry-After at
+    # once instead of queueing without bound (each may hold a body of max_body_bytes).
+    # Idle connections don't count: uvicorn's limit_concurrency counts them, so the idle
+    # connections a load balancer keeps open would turn into 503s, plain text ones.
+    max_concurrent_requests: int = Field(default=500, ge=1)
     max_query_tokens: int = Field(default=2000, ge=100)
     max_query_depth: int = Field(default=15, ge=2)
     max_query_aliases: int = Field(default=30, ge=0)
