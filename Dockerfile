@@ -19,8 +19,10 @@ RUN python -m venv /opt/venv
 ENV PATH="/opt/venv/bin:$PATH"
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY ticketing/ ./ticketing/
+# Shipped inside the package (see setup.py): `ticketing migrate` needs no source tree.
+COPY migrations/ ./migrations/
 # Runtime dependencies only: not the `dev` or `embedded` extras.
 RUN pip install --no-cache-dir .
 
@@ -30,7 +32,6 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TICKETING_ENV=production \
-    PYTHONPATH=/app \
     PATH="/opt/venv/bin:$PATH"
 
 # A fixed numeric id, so that USER below (and Kubernetes' runAsNonRoot) need no /etc/passwd.
@@ -38,14 +39,10 @@ RUN groupadd --system --gid 10001 ticketing \
     && useradd --system --no-log-init --uid 10001 --gid ticketing --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin ticketing
 
+# The installed package is the whole application, migrations included.
 COPY --from=builder /opt/venv /opt/venv
 
-# Run from the source tree: ticketing/migrations.py finds ../alembic.ini, i.e. /app/alembic.ini.
 WORKDIR /app
-COPY pyproject.toml README.md alembic.ini ./
-COPY migrations/ ./migrations/
-COPY ticketing/ ./ticketing/
-
 USER 10001:10001
 
 EXPOSE 8000

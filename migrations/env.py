@@ -6,6 +6,9 @@ from logging.config import fileConfig
 
 import sqlalchemy as sa
 from alembic import context
+from alembic.operations.ops import MigrationScript
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from pydantic import ValidationError
 
 from ticketing.domain import models
@@ -14,8 +17,19 @@ from ticketing.settings import get_settings, postgresql_url, problems
 config = context.config
 target_metadata = models.SQLModel.metadata
 
-if config.config_file_name is not None and config.attributes.get("configure_logging", True):
+if config.config_file_name is not None:  # the alembic command; not `ticketing migrate`
     fileConfig(config.config_file_name)
+
+
+def numbered(
+    migration_context: MigrationContext, revision: object, directives: list[MigrationScript]
+) -> None:
+    """New revisions keep the numbered names (0001, 0002, ...): the next number after the
+    highest, instead of a random id."""
+    script = ScriptDirectory.from_config(config)
+    numbers = [int(r.revision) for r in script.walk_revisions() if r.revision.isdigit()]
+    for directive in directives:
+        directive.rev_id = f"{max(numbers, default=0) + 1:04d}"
 
 
 def database_url() -> str:
@@ -33,7 +47,12 @@ def database_url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=database_url(), target_metadata=target_metadata, literal_binds=True)
+    context.configure(
+        url=database_url(),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        process_revision_directives=numbered,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -41,13 +60,21 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        context.configure(connection=connection, target_metadata=target_metadata)
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            process_revision_directives=numbered,
+        )
         with context.begin_transaction():
             context.run_migrations()
         return
     engine = sa.create_engine(database_url(), poolclass=sa.NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata)
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            process_revision_directives=numbered,
+        )
         with context.begin_transaction():
             context.run_migrations()
 

@@ -110,3 +110,16 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck_and_no_dev_extra() -> No
     for wanted in extras:
         assert not {"dev", "embedded"} & {e.strip() for e in wanted.split(",")}, runs
     assert "requirements-dev" not in runs
+
+
+def test_the_image_runs_the_installed_package_without_the_source_tree() -> None:
+    """Migrations ship in the wheel (tests/test_wheel.py runs one): the image installs the
+    package with them, and copies no source into the runtime stage nor sets PYTHONPATH."""
+    instructions = _instructions()
+    stages = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"]
+    build, runtime = instructions[stages[0] : stages[1]], instructions[stages[1] :]
+    copied = [rest for keyword, rest in build if keyword == "COPY"]
+    assert any(rest.startswith("migrations/") for rest in copied), copied
+    assert "setup.py" in " ".join(copied)
+    assert all("--from=builder" in rest for keyword, rest in runtime if keyword == "COPY")
+    assert not [rest for keyword, rest in instructions if "PYTHONPATH" in rest]

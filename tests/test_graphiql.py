@@ -7,14 +7,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import httpx
 from starlette.testclient import TestClient
+
+from tests.packaging import build_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSET = re.compile(r'(?:src|href)="(graphiql/[0-9a-f]{16}/[^"/]+)" integrity="(sha384-[^"]+)"')
@@ -68,24 +67,7 @@ def test_graphiql_assets_are_found_only_under_their_own_digest(client: TestClien
 
 
 def test_the_wheel_carries_graphiqls_files(tmp_path: Path) -> None:
-    # Built from a copy: setuptools would reuse files left in the tree's build/ folder.
-    source = tmp_path / "source"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source)
-    shutil.copytree(
-        ROOT / "ticketing", source / "ticketing", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    subprocess.run(
-        [
-            sys.executable,
-            *("-m", "pip", "wheel", "--quiet", "--no-deps", "--no-index"),
-            *("--no-build-isolation", "--wheel-dir", str(tmp_path), str(source)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    [wheel] = tmp_path.glob("ticketing-*.whl")
+    wheel = build_wheel(tmp_path)
     static = ROOT / "ticketing" / "static" / "graphiql"
     expected = {f"ticketing/static/graphiql/{path.name}" for path in static.iterdir()}
     assert len(expected) > 10

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -11,6 +17,9 @@ from tests.conftest import Databases
 from ticketing import migrations
 from ticketing.db import create_db_engine
 from ticketing.domain.models import SQLModel
+
+ROOT = Path(__file__).resolve().parent.parent
+IGNORED = shutil.ignore_patterns("__pycache__")
 
 
 def tables(engine: sa.Engine) -> set[str]:
@@ -154,3 +163,30 @@ def test_holds_backfill_confirmations_and_block_a_lossy_downgrade(databases: Dat
             assert migrations.is_at_head(connection)
     finally:
         engine.dispose()
+
+
+def test_a_new_revision_takes_the_next_number(databases: Databases, tmp_path: Path) -> None:
+    """`alembic revision --autogenerate -m ...` as the README shows it, on a copy of the
+    migrations: the file and the revision id carry the next number."""
+    shutil.copy(ROOT / "alembic.ini", tmp_path)
+    shutil.copytree(ROOT / "migrations", tmp_path / "migrations", ignore=IGNORED)
+    existing = sorted(path.name for path in (ROOT / "migrations" / "versions").glob("*.py"))
+    last = int(existing[-1][:4])
+    url = databases.create()
+    engine = create_db_engine(url)
+    migrations.upgrade(engine)
+    engine.dispose()
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "alembic"), "revision", "--autogenerate", "-m", "x y"],
+        cwd=tmp_path,
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    made = tmp_path / "migrations" / "versions" / f"{last + 1:04d}_x_y.py"
+    assert sorted(path.name for path in made.parent.glob("*.py")) == sorted([*existing, made.name])
+    text = made.read_text()
+    assert f"revision: str = '{last + 1:04d}'" in text
+    assert f"down_revision: str | None = '{last:04d}'" in text

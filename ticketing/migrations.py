@@ -10,12 +10,20 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
-ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+PACKAGE = Path(__file__).resolve().parent
+# An installed wheel carries the migrations inside the package (see setup.py); a source
+# checkout, installed editable or not at all, has them in the top-level migrations/ folder.
+SCRIPTS = next(
+    path for path in (PACKAGE / "alembic_scripts", PACKAGE.parent / "migrations") if path.is_dir()
+)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
-    config = Config(str(ALEMBIC_INI))
-    config.attributes["configure_logging"] = False
+    """The configuration `ticketing migrate` and the readiness check use: no alembic.ini (a
+    wheel has none), so no logging set up by Alembic either."""
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPTS))
+    config.set_main_option("path_separator", "os")
     if connection is not None:
         config.attributes["connection"] = connection
     return config
