@@ -9,13 +9,15 @@ INSTALLED := $(VENV)/.installed
 install: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml setup.py
+	@echo "Creating the virtual environment in $(VENV) and installing the dependencies (first time only, a minute or two)..."
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(INSTALLED)
 
+# Another port: make serve PORT=8001
 serve: $(INSTALLED)
-	$(BIN)/ticketing serve
+	$(BIN)/ticketing serve $(if $(PORT),--port $(PORT))
 
 test: $(INSTALLED)
 	$(BIN)/pytest

@@ -78,6 +78,8 @@ def _database_url(settings: Settings) -> tuple[str, bool]:
         return settings.database_url, False
     from ticketing.embedded import start_embedded_postgres
 
+    # The first start creates the cluster, which takes a few seconds: say what is going on.
+    print(f"Starting the embedded PostgreSQL in {settings.data_dir / 'pgdata'}...", flush=True)
     embedded = start_embedded_postgres(settings.data_dir)
     # Worker processes read the settings again; this points them at the same server.
     os.environ["DATABASE_URL"] = embedded.url
@@ -96,6 +98,7 @@ def _migrate_to_head(url: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     url, fresh = _database_url(settings)
+    print("Migrating the database to the latest schema...", flush=True)
     _migrate_to_head(url)
     if fresh:
         print(f"Loaded {_load_demo_events(url)} demo events into the embedded database.")
@@ -104,6 +107,8 @@ def _serve(args: argparse.Namespace) -> int:
     workers = args.workers or settings.workers
     shown_host = "localhost" if host in ("0.0.0.0", "127.0.0.1", "::") else host  # noqa: S104
     print(f"GraphQL endpoint: http://{shown_host}:{port}/graphql", flush=True)
+    if settings.env == "development":
+        print("(Another port: make serve PORT=8001, or ticketing serve --port 8001.)", flush=True)
     if settings.graphiql_enabled:
         print(f"GraphiQL: open http://{shown_host}:{port}/graphql in a browser", flush=True)
     if settings.jwt_secret.get_secret_value() == DEVELOPMENT_JWT_SECRET:
