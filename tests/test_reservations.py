@@ -326,7 +326,9 @@ def test_my_reservations_takes_the_same_few_statements_whatever_the_page_size(
     sent: list[str] = []
 
     def count(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        sent.append(statement)
+        # Not the hold sweeper's look for due holds, which runs every 0.25 s meanwhile.
+        if not ("DISTINCT" in statement and "ticketing_now()" in statement):
+            sent.append(statement)
 
     statements = {}
     for size in (5, 30):
