@@ -12,7 +12,7 @@ from ticketing.settings import Settings
 
 logger = logging.getLogger("ticketing")
 
-# Events settled per round of the hold sweep; a fuller round starts the next at once.
+# Events settled per transaction of the hold sweep; a full one starts the next at once.
 SWEEP_BATCH = 100
 
 
@@ -31,15 +31,19 @@ async def release_expired_holds(db: Database, settings: Settings) -> None:
     """Settle the events whose holds ran out, so that they expire on time on quiet events too
     (busy ones settle on their next lock)."""
     while True:
-        due: list[int] = []
+        settled = 0
         try:
-            due = list(await db.run_autocommit(lambda s: expiry.due_events(s, limit=SWEEP_BATCH)))
-            for event_id in due:
-                await db.run(expiry.settle(event_id))
+            settled = await db.run(expiry.settle_due(limit=SWEEP_BATCH))
+            if not settled:
+                # Whatever is due is locked by others: wait for one of them. A hot event whose
+                # attempts are all refused (rolling back their release) settles only so.
+                due = await db.run_autocommit(lambda s: expiry.due_events(s, limit=1))
+                for event_id in due:
+                    await db.run(expiry.settle(event_id))
         except DatabaseUnavailable as error:
             logger.warning("Could not release expired holds: %s", error)
         except Exception:
             # The sweep must outlive any one failure; the next round tries again.
             logger.exception("Releasing expired holds failed")
-        if len(due) < SWEEP_BATCH:
+        if settled < SWEEP_BATCH:
             await asyncio.sleep(settings.hold_sweep_interval_s)
