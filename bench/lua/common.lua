@@ -24,6 +24,17 @@ end
 
 common.browse = common.request_body("browse")
 
+-- The hot sales' customers (line n of hot_tokens.txt is the token of bench-fan-n), and a
+-- function giving the next one's token: threads take disjoint runs (up to 4 threads).
+function common.fans()
+  local tokens = common.lines("hot_tokens.txt")
+  local next_token = (thread_number - 1) * math.floor(#tokens / 4)
+  return tokens, function()
+    next_token = next_token % #tokens + 1
+    return tokens[next_token]
+  end
+end
+
 -- `fields`: what to read back from the reservation (default "id quantity").
 function common.reserve(event_id, quantity, fields)
   return '{"query": "mutation Reserve($input: CreateReservationInput!) '

@@ -7,7 +7,7 @@ local common = require("common")
 local confirm = '{"query": "mutation Confirm($input: ConfirmReservationInput!) '
   .. '{ confirmReservation(input: $input) { __typename ... on ReservationPayload '
   .. '{ reservation { status } } } }", "variables": {"input": {"reservationId": "%s"}}}'
-local hold_event, tokens, next_token
+local hold_event, tokens, next_fan
 local sent = 0
 local held, first, last = {}, 1, 0 -- the queue of holds to confirm: { id, fan number }
 
@@ -16,9 +16,7 @@ table.insert(common.counters, "confirmed")
 
 function init(args)
   hold_event = common.lines("hold_event_id.txt")[1]
-  tokens = common.lines("hot_tokens.txt")
-  -- Threads take disjoint runs of customers (up to 4 threads).
-  next_token = (thread_number - 1) * math.floor(#tokens / 4)
+  tokens, next_fan = common.fans()
 end
 
 function request()
@@ -28,8 +26,7 @@ function request()
     return common.post(string.format(confirm, hold[1]), tokens[hold[2]])
   end
   sent = sent + 1
-  next_token = next_token % #tokens + 1
-  return common.post(common.reserve(hold_event, 1 + sent % 2, "id customer"), tokens[next_token])
+  return common.post(common.reserve(hold_event, 1 + sent % 2, "id customer"), next_fan())
 end
 
 local tally = response
