@@ -31,19 +31,17 @@ async def release_expired_holds(db: Database, settings: Settings) -> None:
     """Settle the events whose holds ran out, so that they expire on time on quiet events too
     (busy ones settle on their next lock)."""
     while True:
-        settled = 0
+        due: list[int] = []
         try:
-            settled = await db.run(expiry.settle_due(limit=SWEEP_BATCH))
-            if not settled:
-                # Whatever is due is locked by others: wait for one of them. A hot event whose
-                # attempts are all refused (rolling back their release) settles only so.
-                due = await db.run_autocommit(lambda s: expiry.due_events(s, limit=1))
-                for event_id in due:
-                    await db.run(expiry.settle(event_id))
+            due = list(await db.run_autocommit(lambda s: expiry.due_events(s, limit=SWEEP_BATCH)))
+            if due and not await db.run(expiry.settle_due(due)):
+                # All of them are locked by others: wait for one. A hot event whose attempts
+                # are all refused (rolling back their release) settles only so.
+                await db.run(expiry.settle(due[0]))
         except DatabaseUnavailable as error:
             logger.warning("Could not release expired holds: %s", error)
         except Exception:
             # The sweep must outlive any one failure; the next round tries again.
             logger.exception("Releasing expired holds failed")
-        if settled < SWEEP_BATCH:
+        if len(due) < SWEEP_BATCH:
             await asyncio.sleep(settings.hold_sweep_interval_s)

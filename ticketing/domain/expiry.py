@@ -6,10 +6,10 @@ the waitlist) and its history complete within moments of `expires_at` on quiet e
 Several processes sweeping at once don't double-release: each event is settled under its
 row lock, and whoever comes second finds nothing left to release.
 
-A sweep settles events in bulk (`settle_due`: a hundred events in one transaction of a few
-statements, skipping locked ones), since one transaction per event took over 10 ms each on a
-busy machine: 10,000 holds over 1,000 events took 15 s to release. Only when everything due
-is locked by others does it wait for one event's lock (`settle`).
+A sweep settles the due events in bulk (`settle_due`: up to a hundred events in one
+transaction of a few statements, skipping locked ones), since a transaction per event took
+over 10 ms each on a busy machine: 10,000 holds over 1,000 events took 15 s to release. Only
+when all the due events are locked by others does it wait for one event's lock (`settle`).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ def due_events(session: Session, *, limit: int) -> Sequence[int]:
     return session.exec(events_with_expired_holds(limit)).all()
 
 
-def settle_due(*, limit: int) -> Operation[int]:
-    """Settle up to `limit` events with holds that ran out, in one transaction, skipping any
-    locked now; how many it settled."""
-    return Operation(lambda session: lock_expired_events(session, limit=limit))
+def settle_due(event_ids: Sequence[int]) -> Operation[int]:
+    """Settle the events (from `due_events`) in one transaction, skipping any locked now; how
+    many it settled."""
+    return Operation(lambda session: lock_expired_events(session, event_ids))
 
 
 def settle(event_id: int) -> Operation[None]:

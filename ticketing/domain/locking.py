@@ -15,6 +15,7 @@ that moment.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -83,15 +84,15 @@ def events_with_expired_holds(limit: int) -> SelectOfScalar[int]:
     return select(Reservation.event_id).where(_expired_hold).distinct().limit(limit)
 
 
-def lock_expired_events(session: Session, *, limit: int) -> int:
-    """Lock up to `limit` events whose holds ran out and settle them as taking each lock does,
-    in a few statements whatever their number: the sweep's bulk path. It locks in id order and
+def lock_expired_events(session: Session, event_ids: Sequence[int]) -> int:
+    """Lock the events (ones whose holds ran out) and settle them as taking each lock does, in
+    a few statements whatever their number: the sweep's bulk path. It locks in id order and
     skips events locked now (their holder settles them, or `expiry.settle` waits for them), so
     sweeps in several processes share the work instead of queueing on the same rows. Returns
     how many events it locked."""
     locked = session.exec(
         select(Event, rules.refusal())
-        .where(col(Event.id).in_(events_with_expired_holds(limit).scalar_subquery()))
+        .where(col(Event.id).in_(event_ids))
         .order_by(col(Event.id))
         .with_for_update(of=Event, skip_locked=True)
         .execution_options(populate_existing=True)
