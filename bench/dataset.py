@@ -1,10 +1,11 @@
-"""The benchmark's data: 1,000 events (the first is the hot event), customers with
-reservations, and the files the wrk scripts read (global IDs and bearer tokens)."""
+"""The benchmark's data: 1,000 events (the first is the hot event), a hold-sale event with a
+hold time, customers with reservations, the files the wrk scripts read (global IDs and bearer
+tokens), and the holds of an expiry storm."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import timedelta
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -12,6 +13,7 @@ from sqlalchemy.engine import Engine
 
 from ticketing.api.ids import to_global_id
 from ticketing.auth import mint_token
+from ticketing.domain import clock
 
 EVENTS = 1000
 HOT_EVENT_CAPACITY = 10_000_000
@@ -19,7 +21,9 @@ EVENT_CAPACITY = 5000
 TICKET_LIMIT = 10  # per customer and event, on every event
 CUSTOMERS = 2000  # signed-in customers of the browse, my-reservations and mixed scenarios
 RESERVATIONS_EACH = 20  # one page of myReservations
-HOT_SALE_FANS = 60_000  # distinct customers for the hot sale
+HOT_SALE_FANS = 60_000  # distinct customers for the hot sale (and the hold sale)
+HOLD_EVENT = EVENTS + 1  # the hold sale's: as big as the hot event, with a hold time
+HOLD_MINUTES = 10
 TOKEN_LIFETIME = timedelta(hours=12)
 
 _STATEMENTS = [
@@ -34,6 +38,11 @@ _STATEMENTS = [
     FROM generate_series(1, {EVENTS}) AS n,
         LATERAL (SELECT CASE n WHEN 1 THEN {HOT_EVENT_CAPACITY} ELSE {EVENT_CAPACITY} END)
             AS c(capacity)""",
+    f"""INSERT INTO event (name, description, venue, starts_at, capacity, tickets_available,
+        max_tickets_per_customer, status, owner_id, hold_minutes)
+    VALUES ('Hold sale', 'A benchmark event with a hold time.', 'Venue 0',
+        now() + interval '2 days', {HOT_EVENT_CAPACITY}, {HOT_EVENT_CAPACITY}, {TICKET_LIMIT},
+        'ON_SALE', 'bench-organizer', {HOLD_MINUTES})""",
     # Each customer holds 1 or 2 tickets for each of 20 consecutive events (never the hot one).
     f"""INSERT INTO reservation (event_id, customer_id, quantity, status, confirmed_at)
     SELECT 2 + (c * {RESERVATIONS_EACH} + k) % ({EVENTS} - 1), 'bench-customer-' || c,
@@ -62,14 +71,18 @@ def load(engine: Engine) -> None:
 
 
 def write_client_files(engine: Engine, secret: str, work_dir: Path) -> None:
-    """What the wrk scripts read: event IDs (hot event first), tokens, reservations."""
+    """What the wrk scripts read: event IDs (hot event first; the hold-sale event on its
+    own), tokens, reservations."""
     work_dir.mkdir(parents=True, exist_ok=True)
     with engine.connect() as connection:
-        event_keys = connection.scalars(sa.text("SELECT id FROM event ORDER BY id")).all()
+        event_keys = connection.scalars(
+            sa.text("SELECT id FROM event WHERE hold_minutes IS NULL ORDER BY id")
+        ).all()
         reservations = connection.execute(
             sa.text("SELECT id, customer_id FROM reservation ORDER BY id")
         ).all()
     _write_lines(work_dir / "event_ids.txt", (to_global_id("Event", key) for key in event_keys))
+    _write_lines(work_dir / "hold_event_id.txt", [to_global_id("Event", HOLD_EVENT)])
     _write_lines(
         work_dir / "reservations.txt",
         (
@@ -88,3 +101,48 @@ def _tokens(secret: str, prefix: str, count: int) -> list[str]:
 
 def _write_lines(path: Path, lines: Iterable[str]) -> None:
     path.write_text("".join(f"{line}\n" for line in lines))
+
+
+# Holds made as `createReservation` makes them (reservation, history line, customer's hold,
+# event's availability), for distinct customers, spread round-robin over `event_ids`, all
+# running out at `expires_at`.
+_EXPIRING_HOLDS = sa.text(
+    """
+    WITH made AS (
+        INSERT INTO reservation (event_id, customer_id, quantity, status, expires_at)
+        SELECT (CAST(:event_ids AS bigint[]))[1 + n % cardinality(CAST(:event_ids AS bigint[]))],
+            'bench-storm-' || n, 1 + n % 2, 'HELD', :expires_at
+        FROM generate_series(0, :holds - 1) AS n
+        ORDER BY n
+        RETURNING id, event_id, customer_id, quantity
+    ), logged AS (
+        INSERT INTO reservation_change (reservation_id, kind, quantity, actor, actor_role)
+        SELECT id, 'CREATED', quantity, customer_id, 'CUSTOMER' FROM made
+    ), held AS (
+        INSERT INTO customer_hold (event_id, customer_id, tickets, ticket_limit)
+        SELECT event_id, customer_id, quantity, :ticket_limit FROM made
+    )
+    UPDATE event SET tickets_available = tickets_available - taken.tickets
+    FROM (SELECT event_id, sum(quantity) AS tickets FROM made GROUP BY event_id) AS taken
+    WHERE event.id = taken.event_id
+    """
+)
+
+
+def add_expiring_holds(
+    engine: Engine, event_ids: Sequence[int], holds: int, *, lead: timedelta
+) -> datetime:
+    """`holds` HELD reservations that all run out `lead` from now; returns that moment."""
+    with engine.begin() as connection:
+        expires_at = connection.scalar(sa.select(clock.now() + lead))
+        assert isinstance(expires_at, datetime)
+        connection.execute(
+            _EXPIRING_HOLDS,
+            {
+                "event_ids": list(event_ids),
+                "holds": holds,
+                "expires_at": expires_at,
+                "ticket_limit": TICKET_LIMIT,
+            },
+        )
+    return expires_at

@@ -3,8 +3,9 @@
 Prepares a database (an embedded PostgreSQL in bench/.work unless BENCH_DATABASE_URL names a
 database it may wipe), starts the service as in production (a worker per core, GraphiQL off),
 runs each scenario with wrk, checks the inventory invariant and every answer after each one,
-measures the database's and the HTTP stack's ceilings and the GraphQL floor in the same run,
-and prints a markdown table of medians, also written to bench/results/.
+lets 10,000 holds run out at once beside a hot sale (the expiry storms), measures the
+database's and the HTTP stack's ceilings and the GraphQL floor in the same run, and prints a
+markdown table of medians, also written to bench/results/.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -55,16 +56,43 @@ class Scenario:
     connections: int
 
 
+HOT_SALE = Scenario("hot sale", "hot_sale.lua", 64)
+HOLD_SALE = Scenario("hold sale", "hold_sale.lua", 64)
+MIXED = Scenario("mixed", "mixed.lua", 64)
 SCENARIOS = [
     Scenario("browse", "browse.lua", 32),
     Scenario("my reservations", "my_reservations.lua", 32),
-    Scenario("hot sale", "hot_sale.lua", 64),
-    Scenario("mixed", "mixed.lua", 64),
+    HOT_SALE,
+    HOLD_SALE,
+    MIXED,
 ]
-HOT_SALE = SCENARIOS[2]
 HTTP_CEILING = Scenario("HTTP ceiling: bare Starlette, fixed JSON", "browse.lua", 32)
 DB_CEILING_NAME = "DB ceiling: pgbench, the reservation SQL"
 GRAPHQL_FLOOR_NAME = "GraphQL floor: my reservations document in-process, 1 core"
+
+
+@dataclass(frozen=True)
+class Storm:
+    """Holds that all run out at one moment, spread over `event_ids`, while the hot sale runs
+    on its own event."""
+
+    name: str
+    event_ids: tuple[int, ...]
+
+
+STORM_HOLDS = 10_000
+# One event: one release statement of 10,000 holds under one lock. Every other regular event:
+# 999 events of about 10 holds, which the sweeper settles one event (transaction) at a time.
+STORMS = [
+    Storm("expiry storm on 1 event", (dataset.HOLD_EVENT,)),
+    Storm(f"expiry storm on {dataset.EVENTS - 1} events", tuple(range(2, dataset.EVENTS + 1))),
+]
+STORM_TARGET_S = 5.0  # all released this long after they ran out
+STORM_LEAD = timedelta(seconds=3)  # time to write the holds before they run out
+# The hot sale beside a storm starts this long before the holds run out and lasts through the
+# target; so does its measurement without a storm, just before.
+STORM_LOAD_BEFORE_S = 1
+STORM_WINDOW_S = STORM_LOAD_BEFORE_S + int(STORM_TARGET_S)
 
 
 @dataclass
@@ -77,6 +105,7 @@ class Run:
     peak_rss_mib: float
     cpu_ms_per_request: float  # the server's workers, all cores: steadier than requests/s
     machine_busy: float  # of all cores, whatever used them: 100% means the hardware is the limit
+    confirmed_per_s: float = 0.0  # holds confirmed (the hold sale)
 
 
 @dataclass
@@ -95,8 +124,12 @@ class Measured:
         return (max(rates) - min(rates)) / statistics.median(rates) if rates else 0.0
 
 
-class BenchmarkFailed(Exception):
-    pass
+@dataclass
+class StormMeasured:
+    storm: Storm
+    released_after_s: list[float] = field(default_factory=list)
+    without: list[Run] = field(default_factory=list)  # the hot sale just before the storm
+    during: list[Run] = field(default_factory=list)  # the hot sale beside it
 
 
 def main() -> int:
@@ -108,7 +141,9 @@ def main() -> int:
         "--only", help="comma-separated scenarios to run (default: all), e.g. 'hot sale'"
     )
     args = parser.parse_args()
-    scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only.split(",")]
+    chosen = args.only.split(",") if args.only else None
+    scenarios = [s for s in SCENARIOS if not chosen or s.name in chosen]
+    storms = [s for s in STORMS if not chosen or s.name in chosen]
 
     wrk = _require_wrk()
     WORK.mkdir(exist_ok=True)
@@ -129,6 +164,7 @@ def main() -> int:
     measured = {s.name: Measured(s.name, s.connections) for s in [*scenarios, HTTP_CEILING]}
     measured[DB_CEILING_NAME] = Measured(DB_CEILING_NAME, HOT_SALE.connections)
     measured[GRAPHQL_FLOOR_NAME] = Measured(GRAPHQL_FLOOR_NAME, 1)
+    storm_rows = [StormMeasured(storm) for storm in storms]
     failures: list[str] = []
     soak_growth: float | None = None
     with _service(url, secret) as service:
@@ -140,7 +176,13 @@ def main() -> int:
             for scenario in scenarios:
                 run = _wrk_run(wrk, scenario, service, args.duration)
                 failures += _check(scenario.name, run, engine)
+                if scenario is HOLD_SALE:
+                    failures += _check_hold_sale(engine)
                 measured[scenario.name].runs.append(run)
+            for row in storm_rows:
+                _storm_run(wrk, row, service, engine)
+                failures += _check(row.storm.name, row.during[-1], engine)
+                failures += _check_storm(row, engine)
         if args.soak:
             print(f"Soak: mixed load for {args.soak} s", flush=True)
             dataset.load(engine)
@@ -159,7 +201,7 @@ def main() -> int:
     for _ in range(args.runs):
         measured[GRAPHQL_FLOOR_NAME].runs.append(_graphql_floor_run(args.duration))
 
-    report = _report(measured, args, engine, soak_growth, failures)
+    report = _report(measured, storm_rows, args, engine, soak_growth, failures)
     print(report)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{datetime.now(UTC):%Y-%m-%dT%H%M}.md"
@@ -351,19 +393,25 @@ def _rss_kib(pid: int) -> int:
     return int(match.group(1)) if match else 0
 
 
-def _wrk(wrk: str, scenario: Scenario, port: int, seconds: int) -> dict[str, int]:
+def _wrk(
+    wrk: str, scenario: Scenario, port: int, seconds: int, *, work: Path = WORK
+) -> dict[str, int]:
+    """One wrk run of the scenario; `work` holds the files its script reads."""
     command = [wrk, f"-t{WRK_THREADS}", f"-c{scenario.connections}", f"-d{seconds}s"]
     command += ["--timeout", "5s", "-s", str(LUA / scenario.script)]
     command.append(f"http://127.0.0.1:{port}/graphql")
-    env = {**os.environ, "BENCH_WORK": str(WORK), "BENCH_LUA": str(LUA)}
+    env = {**os.environ, "BENCH_WORK": str(work), "BENCH_LUA": str(LUA)}
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     line = next(line for line in output.splitlines() if line.startswith("BENCH_RESULT "))
     result: dict[str, int] = json.loads(line.removeprefix("BENCH_RESULT "))
     return result
 
 
-def _wrk_run(wrk: str, scenario: Scenario, server: Server, seconds: int) -> Run:
-    _wrk(wrk, scenario, server.port, WARM_UP_S)
+def _wrk_run(
+    wrk: str, scenario: Scenario, server: Server, seconds: int, *, warm_up: bool = True
+) -> Run:
+    if warm_up:
+        _wrk(wrk, scenario, server.port, WARM_UP_S)
     workers = server.workers()
     cpu_before = sum(map(_cpu_s, workers))
     with RssSampler(workers) as memory, MachineLoad() as load:
@@ -383,6 +431,7 @@ def _wrk_run(wrk: str, scenario: Scenario, server: Server, seconds: int) -> Run:
         peak_rss_mib=memory.peak_mib,
         cpu_ms_per_request=1000 * cpu_s / max(result["requests"], 1),
         machine_busy=load.busy,
+        confirmed_per_s=result.get("confirmed", 0) / duration_s,
     )
     print(
         f"  {scenario.name}: {run.requests_per_s:.0f} req/s, p50 {run.p50_ms:.1f} ms, "
@@ -404,6 +453,95 @@ def _check(name: str, run: Run, engine: Engine) -> list[str]:
         failures.append(f"{name}: the invariant is broken for {len(mismatches)} events")
     if wrong_holds:
         failures.append(f"{name}: {len(wrong_holds)} customer holds are wrong")
+    return failures
+
+
+def _check_hold_sale(engine: Engine) -> list[str]:
+    """Every hold the sale made is still HELD or confirmed: none lost."""
+    with engine.connect() as connection:
+        lost = connection.scalar(
+            sa.text(
+                "SELECT count(*) FROM reservation"
+                " WHERE event_id = :event AND status NOT IN ('HELD', 'ACTIVE')"
+            ),
+            {"event": dataset.HOLD_EVENT},
+        )
+    return [f"hold sale: {lost} reservations neither HELD nor ACTIVE"] if lost else []
+
+
+def _storm_run(wrk: str, row: StormMeasured, service: Server, engine: Engine) -> None:
+    """The hot sale without a storm, then beside one, and how long after running out the
+    holds were all released."""
+    print(f"  {row.storm.name}:", flush=True)
+    dataset.load(engine)
+    row.without.append(_wrk_run(wrk, HOT_SALE, service, STORM_WINDOW_S))
+    expires_at = dataset.add_expiring_holds(
+        engine, row.storm.event_ids, STORM_HOLDS, lead=STORM_LEAD
+    )
+    _sleep_until(expires_at - timedelta(seconds=STORM_LOAD_BEFORE_S))
+    with ReleaseWatch(engine, expires_at) as watch:
+        row.during.append(_wrk_run(wrk, HOT_SALE, service, STORM_WINDOW_S, warm_up=False))
+    row.released_after_s.append(watch.released_after_s)
+    print(f"  released {watch.released_after_s:.2f} s after running out", flush=True)
+
+
+def _sleep_until(moment: datetime) -> None:
+    time.sleep(max(0.0, (moment - datetime.now(UTC)).total_seconds()))
+
+
+class ReleaseWatch:
+    """Polls the database every 50 ms from `expires_at` until no HELD reservation is past its
+    end: `released_after_s` is how long after `expires_at` that was (inf past a minute)."""
+
+    POLL_S = 0.05
+    GIVE_UP_S = 60.0
+    _QUERY = sa.text(
+        "SELECT extract(epoch FROM clock_timestamp() - :expires_at), EXISTS (SELECT FROM"
+        " reservation WHERE status = 'HELD' AND expires_at <= ticketing_now())"
+    )
+
+    def __init__(self, engine: Engine, expires_at: datetime) -> None:
+        self.engine = engine
+        self.expires_at = expires_at
+        self.released_after_s = float("inf")
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> ReleaseWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._thread.join()
+
+    def _watch(self) -> None:
+        _sleep_until(self.expires_at)
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db:
+            while True:
+                after_s, pending = db.execute(self._QUERY, {"expires_at": self.expires_at}).one()
+                if not pending:
+                    self.released_after_s = max(0.0, float(after_s))
+                    return
+                if after_s > self.GIVE_UP_S:
+                    return
+                time.sleep(self.POLL_S)
+
+
+def _check_storm(row: StormMeasured, engine: Engine) -> list[str]:
+    """Every hold of the storm EXPIRED once (one EXPIRED line), in time."""
+    with engine.connect() as connection:
+        wrong = connection.scalar(
+            sa.text(
+                "SELECT count(*) FROM reservation r WHERE customer_id LIKE 'bench-storm-%'"
+                " AND (status <> 'EXPIRED' OR (SELECT count(*) FROM reservation_change c"
+                " WHERE c.reservation_id = r.id AND c.kind = 'EXPIRED') <> 1)"
+            )
+        )
+    failures = [f"{row.storm.name}: {wrong} holds not expired exactly once"] if wrong else []
+    if row.released_after_s[-1] > STORM_TARGET_S:
+        failures.append(
+            f"{row.storm.name}: released {row.released_after_s[-1]:.2f} s after running out"
+            f" (target {STORM_TARGET_S:.0f} s)"
+        )
     return failures
 
 
@@ -487,11 +625,10 @@ def _pgbench_binary() -> str:
 
 def _soak(wrk: str, service: Server, seconds: int) -> float:
     """Growth of the largest worker's resident memory over a run of mixed load."""
-    mixed = SCENARIOS[3]
-    _wrk(wrk, mixed, service.port, 10)
+    _wrk(wrk, MIXED, service.port, 10)
     workers = service.workers()
     before = {pid: _rss_kib(pid) for pid in workers}
-    result = _wrk(wrk, mixed, service.port, seconds)
+    result = _wrk(wrk, MIXED, service.port, seconds)
     after = {pid: _rss_kib(pid) for pid in workers}
     print(f"  soak: {result['requests']} requests, RSS {before} -> {after} KiB", flush=True)
     return max((after[pid] - before[pid]) / before[pid] for pid in workers)
@@ -499,6 +636,7 @@ def _soak(wrk: str, service: Server, seconds: int) -> float:
 
 def _report(
     measured: dict[str, Measured],
+    storm_rows: list[StormMeasured],
     args: argparse.Namespace,
     engine: Engine,
     soak_growth: float | None,
@@ -543,6 +681,15 @@ def _report(
             f"| {cpu:.2f} | {row.median('machine_busy'):.0%} "
             f"| {f'{rss:.0f}' if rss else '-'} |"
         )
+    if HOLD_SALE.name in measured:
+        lines += [
+            "",
+            f"Hold sale: {measured[HOLD_SALE.name].median('confirmed_per_s'):.0f} holds "
+            "confirmed/s; each hold is two requests (createReservation, then "
+            "confirmReservation), both counted above.",
+        ]
+    if storm_rows:
+        lines += _storm_report(storm_rows)
     if soak_growth is not None:
         lines += [
             "",
@@ -551,6 +698,36 @@ def _report(
         ]
     lines += ["", "Failures: " + ("; ".join(failures) if failures else "none")]
     return "\n".join(lines) + "\n"
+
+
+def _storm_report(rows: list[StormMeasured]) -> list[str]:
+    lines = [
+        "",
+        f"Expiry storms: {STORM_HOLDS:,} HELD reservations written in SQL, all running out at "
+        f"one moment; released is the time from then until no HELD reservation was past its "
+        f"end (polled every {ReleaseWatch.POLL_S * 1000:.0f} ms; median and worst of the runs, "
+        f"target {STORM_TARGET_S:.0f} s). Beside each, the hot sale on its own event over "
+        f"{STORM_WINDOW_S} s from {STORM_LOAD_BEFORE_S} s before the holds run out, against the "
+        "same hot sale over the same time just before (medians).",
+        "",
+        "| storm | released after s | hot sale requests/s without / beside | ratio "
+        "| p99 ms without / beside | ratio | server CPU ms/request without / beside "
+        "| machine CPU busy beside |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        without = Measured(row.storm.name, HOT_SALE.connections, row.without)
+        during = Measured(row.storm.name, HOT_SALE.connections, row.during)
+        rate, rate_beside = without.median("requests_per_s"), during.median("requests_per_s")
+        p99, p99_beside = without.median("p99_ms"), during.median("p99_ms")
+        lines.append(
+            f"| {row.storm.name} | {statistics.median(row.released_after_s):.2f} "
+            f"(worst {max(row.released_after_s):.2f}) | {rate:.0f} / {rate_beside:.0f} "
+            f"| {rate_beside / rate:.2f} | {p99:.1f} / {p99_beside:.1f} | {p99_beside / p99:.2f} "
+            f"| {without.median('cpu_ms_per_request'):.2f} / "
+            f"{during.median('cpu_ms_per_request'):.2f} | {during.median('machine_busy'):.0%} |"
+        )
+    return lines
 
 
 if __name__ == "__main__":

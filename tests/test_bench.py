@@ -1,17 +1,37 @@
 """The benchmark's own parts, so that `make bench` doesn't rot between runs: its data keeps
-the invariant, its database ceiling sends the reservation path's SQL, and its GraphQL floor
-executes the document the my-reservations scenario sends."""
+the invariant (expiry storms included), its database ceiling sends the reservation path's SQL,
+its GraphQL floor executes the document the my-reservations scenario sends, and the hold
+sale's script confirms each hold it makes."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from bench import dataset, graphql_floor, reservation_sql
-from bench.run import LUA, MachineLoad, pgbench_run
+from bench.run import (
+    HOLD_SALE,
+    LUA,
+    MachineLoad,
+    ReleaseWatch,
+    _require_wrk,
+    _sleep_until,
+    _wrk,
+    pgbench_run,
+)
 from tests.conftest import invariant_violations
+from ticketing.db import Database
+from ticketing.domain import expiry
 
 
 def test_the_data_keeps_the_invariant(engine: Engine) -> None:
@@ -19,10 +39,38 @@ def test_the_data_keeps_the_invariant(engine: Engine) -> None:
     with engine.connect() as connection:
         events = connection.scalar(sa.text("SELECT count(*) FROM event"))
         reservations = connection.scalar(sa.text("SELECT count(*) FROM reservation"))
+        hold_minutes = connection.scalar(
+            sa.text("SELECT hold_minutes FROM event WHERE id = :id"), {"id": dataset.HOLD_EVENT}
+        )
     assert (events, reservations) == (
-        dataset.EVENTS,
+        dataset.EVENTS + 1,
         dataset.CUSTOMERS * dataset.RESERVATIONS_EACH,
     )
+    assert hold_minutes == dataset.HOLD_MINUTES
+    assert invariant_violations(engine) == []
+
+
+def test_a_storms_holds_keep_the_invariant_and_are_timed_until_all_are_released(
+    engine: Engine,
+) -> None:
+    dataset.load(engine)
+    events = [dataset.HOLD_EVENT, 2, 3]
+    expires_at = dataset.add_expiring_holds(engine, events, 300, lead=timedelta(seconds=0.3))
+    with engine.connect() as connection:
+        holds = connection.execute(
+            sa.text(
+                "SELECT event_id, count(*), count(DISTINCT expires_at) FROM reservation"
+                " WHERE status = 'HELD' GROUP BY event_id ORDER BY event_id"
+            )
+        ).all()
+    assert holds == [(2, 100, 1), (3, 100, 1), (dataset.HOLD_EVENT, 100, 1)]
+    assert invariant_violations(engine) == []
+    db = Database(engine, max_threads=1)
+    with ReleaseWatch(engine, expires_at) as watch:
+        _sleep_until(expires_at + timedelta(seconds=0.2))
+        while due := db.autocommit(lambda s: expiry.due_events(s, limit=100)):
+            db.transaction(expiry.settle_due(due))
+    assert 0.2 <= watch.released_after_s < ReleaseWatch.GIVE_UP_S
     assert invariant_violations(engine) == []
 
 
@@ -51,3 +99,65 @@ def test_the_graphql_floor_executes_the_my_reservations_document() -> None:
     assert floor.executions_per_cpu_s > 0
     assert 0 < floor.p50_ms <= floor.p99_ms
     assert 0 < load.busy <= 1
+
+
+class FakeSale(BaseHTTPRequestHandler):
+    """Answers the hold sale's requests as the service would: a hold for the token's fan, and
+    ACTIVE for a confirmation of a hold by its own fan (else NotFound)."""
+
+    owners: ClassVar[dict[str, str]] = {}
+    made = 0
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        token = self.headers["Authorization"].removeprefix("Bearer ")
+        given = body["variables"]["input"]
+        with self.lock:
+            if "createReservation" in body["query"]:
+                FakeSale.made += 1
+                hold = f"hold-{FakeSale.made}"
+                self.owners[hold] = token
+                reservation = {"id": hold, "customer": f"bench-fan-{token.split('-')[1]}"}
+                result = {"__typename": "ReservationPayload", "reservation": reservation}
+                answer = {"createReservation": result}
+            elif self.owners.pop(given["reservationId"], None) == token:
+                answer = {
+                    "confirmReservation": {
+                        "__typename": "ReservationPayload",
+                        "reservation": {"status": "ACTIVE"},
+                    }
+                }
+            else:
+                answer = {"confirmReservation": {"__typename": "NotFound"}}
+        sent = json.dumps({"data": answer}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(sent)))
+        self.end_headers()
+        with contextlib.suppress(ConnectionError):  # wrk stopping doesn't wait for answers
+            self.wfile.write(sent)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_sale() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeSale)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def test_the_hold_sale_confirms_each_hold_it_makes_as_its_customer(
+    fake_sale: int, tmp_path: Path
+) -> None:
+    (tmp_path / "hold_event_id.txt").write_text("hold-event\n")
+    (tmp_path / "hot_tokens.txt").write_text("".join(f"fan-{n}\n" for n in range(1, 1001)))
+    result = _wrk(_require_wrk(), HOLD_SALE, fake_sale, 1, work=tmp_path)
+    assert result["unexpected_results"] == result["graphql_errors"] == 0
+    assert result["successes"] == result["requests"] > 0
+    # Every hold made is confirmed by its customer, but those still queued when wrk stopped.
+    assert result["confirmed"] > 0
+    assert 0 <= FakeSale.made - result["confirmed"] <= HOLD_SALE.connections

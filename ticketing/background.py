@@ -12,7 +12,7 @@ from ticketing.settings import Settings
 
 logger = logging.getLogger("ticketing")
 
-# Events settled per round of the hold sweep; a fuller round starts the next at once.
+# Events settled per transaction of the hold sweep; a full one starts the next at once.
 SWEEP_BATCH = 100
 
 
@@ -34,8 +34,10 @@ async def release_expired_holds(db: Database, settings: Settings) -> None:
         due: list[int] = []
         try:
             due = list(await db.run_autocommit(lambda s: expiry.due_events(s, limit=SWEEP_BATCH)))
-            for event_id in due:
-                await db.run(expiry.settle(event_id))
+            if due and not await db.run(expiry.settle_due(due)):
+                # All of them are locked by others: wait for one. A hot event whose attempts
+                # are all refused (rolling back their release) settles only so.
+                await db.run(expiry.settle(due[0]))
         except DatabaseUnavailable as error:
             logger.warning("Could not release expired holds: %s", error)
         except Exception:

@@ -24,10 +24,22 @@ end
 
 common.browse = common.request_body("browse")
 
-function common.reserve(event_id, quantity)
+-- The hot sales' customers (line n of hot_tokens.txt is the token of bench-fan-n), and a
+-- function giving the next one's token: threads take disjoint runs (up to 4 threads).
+function common.fans()
+  local tokens = common.lines("hot_tokens.txt")
+  local next_token = (thread_number - 1) * math.floor(#tokens / 4)
+  return tokens, function()
+    next_token = next_token % #tokens + 1
+    return tokens[next_token]
+  end
+end
+
+-- `fields`: what to read back from the reservation (default "id quantity").
+function common.reserve(event_id, quantity, fields)
   return '{"query": "mutation Reserve($input: CreateReservationInput!) '
     .. '{ createReservation(input: $input) { __typename ... on ReservationPayload '
-    .. '{ reservation { id quantity } event { ticketsAvailable } } } }", '
+    .. '{ reservation { ' .. (fields or "id quantity") .. ' } event { ticketsAvailable } } } }", '
     .. '"variables": {"input": {"eventId": "' .. event_id .. '", "quantity": ' .. quantity .. '}}}'
 end
 
@@ -69,7 +81,8 @@ function response(status, headers, body)
 end
 
 local threads = {}
-local counters = { "successes", "refusals", "bad_status", "graphql_errors", "unexpected_results" }
+-- The globals each thread counts in, reported by done(); a script may add its own.
+common.counters = { "successes", "refusals", "bad_status", "graphql_errors", "unexpected_results" }
 
 function setup(thread)
   thread:set("thread_number", #threads + 1)
@@ -78,22 +91,20 @@ end
 
 -- One JSON line for bench/run.py, after wrk's own report.
 function done(summary, latency, requests)
-  local totals = {}
-  for _, name in ipairs(counters) do
-    totals[name] = 0
+  local counted = ""
+  for _, name in ipairs(common.counters) do
+    local total = 0
     for _, thread in ipairs(threads) do
-      totals[name] = totals[name] + (thread:get(name) or 0)
+      total = total + (thread:get(name) or 0)
     end
+    counted = counted .. string.format(', "%s": %d', name, total)
   end
   local errors = summary.errors
   io.write(string.format(
     'BENCH_RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, '
-      .. '"transport_errors": %d, "successes": %d, "refusals": %d, "bad_status": %d, '
-      .. '"graphql_errors": %d, "unexpected_results": %d}\n',
+      .. '"transport_errors": %d%s}\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    errors.connect + errors.read + errors.write + errors.timeout,
-    totals.successes, totals.refusals, totals.bad_status, totals.graphql_errors,
-    totals.unexpected_results
+    errors.connect + errors.read + errors.write + errors.timeout, counted
   ))
 end
 

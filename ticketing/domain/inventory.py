@@ -8,6 +8,7 @@ step (the one-statement reservation). The CHECK constraints on `event`, `reserva
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -245,41 +246,41 @@ def log_change(
     session.flush()
 
 
-# Every expired hold of one event at once: EXPIRED with a history line, its tickets back in
-# the customer's hold and on the event. One statement, so a storm costs one round trip.
+# Every expired hold of the given events at once: EXPIRED with a history line, its tickets back
+# in the customer's hold and on its event. One statement, so a storm costs one round trip.
 _RELEASE_EXPIRED = sa.text(
     """
     WITH expired AS (
         UPDATE reservation SET status = 'EXPIRED', updated_at = ticketing_now()
-        WHERE event_id = :event_id AND status = 'HELD' AND expires_at <= ticketing_now()
-        RETURNING id, customer_id, quantity
+        WHERE event_id = ANY(:event_ids) AND status = 'HELD' AND expires_at <= ticketing_now()
+        RETURNING id, event_id, customer_id, quantity
     ), logged AS (
         INSERT INTO reservation_change (reservation_id, kind, quantity, actor, actor_role)
         SELECT id, 'EXPIRED', quantity, :system, 'SYSTEM' FROM expired
     ), released AS (
         UPDATE customer_hold AS hold SET tickets = hold.tickets - per_customer.tickets
-        FROM (SELECT customer_id, sum(quantity) AS tickets FROM expired GROUP BY customer_id)
-            AS per_customer
-        WHERE hold.event_id = :event_id AND hold.customer_id = per_customer.customer_id
+        FROM (SELECT event_id, customer_id, sum(quantity) AS tickets FROM expired
+              GROUP BY event_id, customer_id) AS per_customer
+        WHERE hold.event_id = per_customer.event_id
+            AND hold.customer_id = per_customer.customer_id
     )
     UPDATE event SET
-        tickets_available = tickets_available + (SELECT sum(quantity) FROM expired),
-        updated_at = ticketing_now()
-    WHERE id = :event_id AND EXISTS (SELECT 1 FROM expired)
+        tickets_available = tickets_available + per_event.tickets, updated_at = ticketing_now()
+    FROM (SELECT event_id, sum(quantity) AS tickets FROM expired GROUP BY event_id) AS per_event
+    WHERE event.id = per_event.event_id
     RETURNING event.*
     """
 ).columns(*Event.__table__.c)  # type: ignore[attr-defined]
 
 
-def release_expired(session: Session, event_id: int) -> Event | None:
-    """Give back the tickets of an event's holds that ran out; the event after, or None if
-    none had. Run it under the event's lock."""
-    released: Event | None = session.execute(
+def release_expired(session: Session, event_ids: Sequence[int]) -> Sequence[Event]:
+    """Give back the tickets of the events' holds that ran out; the events that had any, after.
+    Run it under those events' locks."""
+    return session.scalars(
         select(Event).from_statement(_RELEASE_EXPIRED),
-        {"event_id": event_id, "system": SYSTEM_ACTOR},
+        {"event_ids": list(event_ids), "system": SYSTEM_ACTOR},
         execution_options={"populate_existing": True},
-    ).scalar_one_or_none()
-    return released
+    ).all()
 
 
 # Hold tickets for a waitlist entry's customer: a HELD reservation with an OFFERED history

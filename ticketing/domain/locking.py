@@ -15,10 +15,12 @@ that moment.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from ticketing.domain import clock, promotion, rules
 from ticketing.domain.errors import NotFound
@@ -77,6 +79,29 @@ def lock_reservation(
     return LockedReservation(locked.event, reservation, refusal, taking)
 
 
+def events_with_expired_holds(limit: int) -> SelectOfScalar[int]:
+    """The IDs of events with holds that ran out, at most `limit` of them."""
+    return select(Reservation.event_id).where(_expired_hold).distinct().limit(limit)
+
+
+def lock_expired_events(session: Session, event_ids: Sequence[int]) -> int:
+    """Lock the events (ones whose holds ran out) and settle them as taking each lock does, in
+    a few statements whatever their number: the sweep's bulk path. It locks in id order and
+    skips events locked now (their holder settles them, or `expiry.settle` waits for them), so
+    sweeps in several processes share the work instead of queueing on the same rows. Returns
+    how many events it locked."""
+    locked = session.exec(
+        select(Event, rules.refusal())
+        .where(col(Event.id).in_(event_ids))
+        .order_by(col(Event.id))
+        .with_for_update(of=Event, skip_locked=True)
+        .execution_options(populate_existing=True)
+    ).all()
+    if locked:
+        _settle(session, list(locked))
+    return len(locked)
+
+
 def _lock_event_where(
     session: Session, condition: sa.ColumnElement[bool], taking: int
 ) -> LockedEvent | None:
@@ -90,24 +115,30 @@ def _lock_event_where(
         return None
     event, refusal, has_expired_holds = found
     if has_expired_holds:
-        assert event.id is not None
-        released = release_expired(session, event.id)
-        if released is not None:
-            event = released
-            if refusal not in (rules.Refusal.EVENT_CANCELLED, rules.Refusal.EVENT_STARTED):
-                event = promotion.promote(session, event)
+        [event] = _settle(session, [(event, refusal)])
         refusal = session.scalar(
             select(rules.refusal(taking=taking)).where(col(Event.id) == event.id)
         )
     return LockedEvent(event, refusal, taking)
 
 
-_has_expired_holds = (
-    sa.exists()
-    .where(
-        col(Reservation.event_id) == col(Event.id),
-        col(Reservation.status) == ReservationStatus.HELD,
-        col(Reservation.expires_at) <= clock.now(),
+def _settle(session: Session, locked: list[tuple[Event, str | None]]) -> list[Event]:
+    """Release the locked events' expired holds and offer the freed tickets to their waitlists
+    (unless cancelled or started), given each event with its refusal. The events after."""
+    refusals = {event.id: refusal for event, refusal in locked}
+    released = release_expired(session, [event.id for event, _ in locked if event.id is not None])
+    closed = (rules.Refusal.EVENT_CANCELLED, rules.Refusal.EVENT_STARTED)
+    promoted = promotion.promote_each(
+        session, [event for event in released if refusals[event.id] not in closed]
     )
-    .correlate(Event)
+    after = {event.id: event for event in [*released, *promoted]}
+    return [after.get(event.id, event) for event, _ in locked]
+
+
+_expired_hold = sa.and_(
+    col(Reservation.status) == ReservationStatus.HELD,
+    col(Reservation.expires_at) <= clock.now(),
+)
+_has_expired_holds = (
+    sa.exists().where(col(Reservation.event_id) == col(Event.id), _expired_hold).correlate(Event)
 )
