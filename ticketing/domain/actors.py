@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import sqlalchemy as sa
+from sqlmodel import col
+
 from ticketing.domain.models import ActorRole, Reservation
 
 
@@ -39,8 +42,15 @@ class Actor:
         return reservation.customer_id == self.customer_id or self.manages(event)
 
     def may_confirm(self, reservation: Reservation) -> bool:
-        """Whether the actor may confirm (make final) `reservation`, a hold."""
+        """Whether the actor may confirm (make final) `reservation`, a hold: its customer, or
+        a checkout (a payment backend)."""
         return reservation.customer_id == self.customer_id or self.is_checkout
+
+    def may_confirm_where(self) -> sa.ColumnElement[bool]:
+        """`may_confirm` as a condition on the `reservation` row."""
+        if self.is_checkout:
+            return sa.true()
+        return col(Reservation.customer_id) == self.customer_id
 
     def managing_role(self, event: Owned) -> ActorRole:
         """The role recorded for a change made as one who manages `event`."""

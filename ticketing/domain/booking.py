@@ -19,7 +19,7 @@ from ticketing.domain.errors import InvalidQuantity, NotFound
 from ticketing.domain.inventory import (
     Booking,
     change_tickets,
-    confirm_hold,
+    confirm_in_one_statement,
     take_in_one_statement,
 )
 from ticketing.domain.locking import LockedReservation, lock_event, lock_reservation
@@ -124,19 +124,32 @@ def cancel(*, reservation_id: int, actor: Actor) -> Operation[Booking]:
 
 def confirm(*, reservation_id: int, actor: Actor) -> Operation[Booking]:
     """Make a HELD reservation final. Its customer may, or a checkout (payment backend).
-    Confirming an ACTIVE reservation returns it unchanged."""
+    Confirming an ACTIVE reservation returns it unchanged.
 
-    def work(session: Session) -> Booking:
-        locked = lock_reservation(session, reservation_id)
-        reservation, event = locked.reservation, locked.event
-        if not actor.may_confirm(reservation):
-            raise NotFound("Reservation", reservation_id)
-        if reservation.status == ReservationStatus.ACTIVE:
-            return Booking(reservation, event)
-        locked.refuse()
-        return confirm_hold(session, event, reservation, actor)
+    One statement when it succeeds, which doesn't lock the event's row (no tickets move);
+    anything else is decided under the event's lock."""
 
-    return Operation(work)
+    def at_once(session: Session) -> Booking | None:
+        return confirm_in_one_statement(session, reservation_id, actor)
+
+    def locked(session: Session) -> Booking:
+        # Tried again only when the hold ran out or the event started since the lock read
+        # them: the next round refuses it.
+        while True:
+            found = lock_reservation(session, reservation_id)
+            reservation, event = found.reservation, found.event
+            if not actor.may_confirm(reservation):
+                raise NotFound("Reservation", reservation_id)
+            if reservation.status == ReservationStatus.ACTIVE:
+                return Booking(reservation, event)
+            found.refuse()
+            confirmed = confirm_in_one_statement(session, reservation_id, actor)
+            if confirmed is not None:
+                return confirmed
+
+    return Operation(
+        in_transaction=lambda session: at_once(session) or locked(session), on_its_own=at_once
+    )
 
 
 def _give_back(

@@ -199,29 +199,56 @@ def change_tickets(
     return Booking(updated_reservation, updated_event)
 
 
-def confirm_hold(session: Session, event: Event, reservation: Reservation, actor: Actor) -> Booking:
-    """Make a locked HELD reservation final."""
+def confirm_in_one_statement(session: Session, reservation_id: int, actor: Actor) -> Booking | None:
+    """Make a HELD reservation final, with its history line, in one statement that locks the
+    reservation's row but not its event's: confirming moves no tickets, so a hot event's
+    confirmations don't queue on its row. None unless the reservation is HELD and not run
+    out, the actor may confirm it and no rule refuses it (see `rules.refusal`); the locked
+    path explains why."""
     confirmed = (
-        session.exec(
-            sa.update(Reservation)
-            .where(col(Reservation.id) == reservation.id)
-            .values(
-                status=ReservationStatus.ACTIVE,
-                confirmed_at=clock.now(),
-                expires_at=None,
-                updated_at=clock.now(),
-            )
-            .returning(Reservation)
-            .execution_options(populate_existing=True)
+        sa.update(Reservation)
+        .where(
+            col(Reservation.id) == reservation_id,
+            col(Reservation.event_id) == col(Event.id),
+            col(Reservation.status) == ReservationStatus.HELD,
+            col(Reservation.expires_at) > clock.now(),
+            actor.may_confirm_where(),
+            rules.refusal(of_reservation=True).is_(None),
         )
-        .scalars()
-        .one()
+        .values(
+            status=ReservationStatus.ACTIVE,
+            confirmed_at=clock.now(),
+            expires_at=None,
+            updated_at=clock.now(),
+        )
+        .returning(*Reservation.__table__.c)  # type: ignore[attr-defined]
+        .cte("confirmed")
     )
-    role = (
-        ActorRole.CUSTOMER if reservation.customer_id == actor.customer_id else ActorRole.CHECKOUT
+    role = sa.case(
+        (confirmed.c.customer_id == actor.customer_id, ActorRole.CUSTOMER.value),
+        else_=ActorRole.CHECKOUT.value,
     )
-    log_change(session, reservation, ChangeKind.CONFIRMED, reservation.quantity, actor, role=role)
-    return Booking(confirmed, event)
+    logged = (
+        insert(ReservationChange)
+        .from_select(
+            ["reservation_id", "kind", "quantity", "actor", "actor_role"],
+            sa.select(
+                confirmed.c.id,
+                sa.literal(ChangeKind.CONFIRMED.value),
+                confirmed.c.quantity,
+                sa.literal(actor.customer_id),
+                role,
+            ),
+        )
+        .cte("logged")
+    )
+    found = session.exec(
+        select(aliased(Reservation, confirmed), Event)
+        .join(Event, col(Event.id) == confirmed.c.event_id)
+        .add_cte(logged)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    return None if found is None else Booking(reservation=found[0], event=found[1])
 
 
 def log_change(
