@@ -211,26 +211,43 @@ def start_event_now(engine: Engine, event_id: str) -> None:
 
 class DatabaseClock:
     """Moves the database's clock (`ticketing_now()`, the one every rule reads) forward, as
-    time passing would, for every connection and server process at once."""
+    time passing would, for every connection and server process at once.
 
-    def __init__(self, engine: Engine) -> None:
+    The replacement is VOLATILE, so that every statement reads the latest advance, even one
+    that waited for a lock while the clock moved, as the real clock (`clock_timestamp()`)
+    would; a STABLE function would read the clock table as of the statement's start.
+    `frozen`: time stands still between advances, so a transaction reads one time."""
+
+    def __init__(self, engine: Engine, *, frozen: bool = False) -> None:
         self.engine = engine
         with engine.begin() as connection:
             connection.execute(
-                sa.text("CREATE TABLE IF NOT EXISTS test_clock (shift interval NOT NULL)")
+                sa.text(
+                    "CREATE TABLE IF NOT EXISTS test_clock"
+                    " (shift interval NOT NULL, frozen_at timestamptz)"
+                )
             )
             connection.execute(sa.text("TRUNCATE test_clock"))
-            connection.execute(sa.text("INSERT INTO test_clock VALUES ('0')"))
+            connection.execute(
+                sa.text("INSERT INTO test_clock VALUES ('0', CASE WHEN :frozen THEN now() END)"),
+                {"frozen": frozen},
+            )
             connection.execute(
                 sa.text(
                     "CREATE OR REPLACE FUNCTION ticketing_now() RETURNS timestamptz LANGUAGE sql"
-                    " STABLE AS 'SELECT clock_timestamp() + (SELECT shift FROM test_clock)'"
+                    " VOLATILE AS"
+                    " 'SELECT COALESCE(frozen_at, clock_timestamp()) + shift FROM test_clock'"
                 )
             )
 
-    def advance(self, by: timedelta) -> None:
+    def advance(self, by: timedelta, *, within: sa.Connection | None = None) -> None:
+        """`within`: in that connection's transaction (which may hold locks), when it commits."""
+        statement = sa.text("UPDATE test_clock SET shift = shift + :by")
+        if within is not None:
+            within.execute(statement, {"by": by})
+            return
         with self.engine.begin() as connection:
-            connection.execute(sa.text("UPDATE test_clock SET shift = shift + :by"), {"by": by})
+            connection.execute(statement, {"by": by})
 
     def restore(self) -> None:
         with self.engine.begin() as connection:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
@@ -32,6 +32,8 @@ from ticketing.api.ids import key_of, to_global_id
 from ticketing.db import Database
 from ticketing.domain import booking, errors, expiry, waitlist
 from ticketing.domain.actors import Actor
+
+T = TypeVar("T")
 
 RESERVATION = """
     reservation { id quantity status expiresAt confirmedAt cancelledAt
@@ -400,6 +402,79 @@ def held(engine: Engine) -> int:
             sa.text("SELECT count(*) FROM reservation WHERE status = 'HELD'")
         )
     return count
+
+
+def while_time_passes_on_the_locked_event(
+    engine: Engine,
+    clock: DatabaseClock,
+    event_id: str,
+    work: Callable[[], T],
+    by: timedelta,
+    *,
+    reservation: int | None = None,
+) -> T:
+    """Run `work` while another transaction holds the event's lock (and `reservation`'s, as
+    an operation on it would); the clock moves `by` while `work` waits for it."""
+    with ThreadPoolExecutor(1) as pool, engine.connect() as blocker:
+        with blocker.begin():
+            lock_event_row(blocker, event_id)
+            if reservation is not None:
+                blocker.execute(
+                    sa.text("SELECT 1 FROM reservation WHERE id = :id FOR UPDATE"),
+                    {"id": reservation},
+                )
+            waiting = pool.submit(work)
+            deadline = time.monotonic() + 10
+            while not blocker.scalar(sa.text("SELECT count(*) FROM pg_locks WHERE NOT granted")):
+                assert time.monotonic() < deadline, "the work never waited for the lock"
+                time.sleep(0.01)
+            clock.advance(by, within=blocker)
+        return waiting.result(timeout=10)
+
+
+def test_a_hold_that_runs_out_while_its_confirmation_waits_for_the_lock_is_not_confirmed(
+    db: Database, engine: Engine, database_clock: DatabaseClock
+) -> None:
+    """PostgreSQL evaluates a statement's conditions and a locking SELECT's columns before
+    waiting for a lock: the expiry check must be made once the lock is held, not as of the
+    request's arrival. A confirmation waits for the reservation's row (held here, as an
+    operation on it would), not the event's."""
+    event_id = insert_event(engine, capacity=2, hold_minutes=1)
+    event = key_of(event_id, "Event")
+    assert event is not None
+    held = db.transaction(booking.reserve(event_id=event, actor=Actor("alice"), quantity=2))
+    assert held.reservation.id is not None
+    confirmation = booking.confirm(reservation_id=held.reservation.id, actor=Actor("alice"))
+    with pytest.raises(errors.HoldExpired):
+        while_time_passes_on_the_locked_event(
+            engine,
+            database_clock,
+            event_id,
+            lambda: db.transaction(confirmation),
+            timedelta(minutes=1),
+            reservation=held.reservation.id,
+        )
+    assert invariant_violations(engine) == []
+
+
+def test_holds_that_run_out_while_a_reservation_waits_for_the_lock_cover_it(
+    db: Database, engine: Engine, database_clock: DatabaseClock
+) -> None:
+    event_id = insert_event(engine, capacity=2, hold_minutes=1)
+    event = key_of(event_id, "Event")
+    assert event is not None
+    db.transaction(booking.reserve(event_id=event, actor=Actor("alice"), quantity=2))
+    reservation = booking.reserve(event_id=event, actor=Actor("bob"), quantity=2)
+    taken = while_time_passes_on_the_locked_event(
+        engine, database_clock, event_id, lambda: db.transaction(reservation), timedelta(minutes=1)
+    )
+    assert (taken.reservation.customer_id, taken.event.tickets_available) == ("bob", 0)
+    with engine.connect() as connection:
+        statuses = connection.execute(
+            sa.text("SELECT customer_id, status FROM reservation ORDER BY id")
+        ).all()
+    assert statuses == [("alice", "EXPIRED"), ("bob", "HELD")]
+    assert invariant_violations(engine) == []
 
 
 def test_the_limit_counts_held_tickets(client: TestClient, engine: Engine) -> None:

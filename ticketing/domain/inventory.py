@@ -205,10 +205,18 @@ def confirm_in_one_statement(session: Session, reservation_id: int, actor: Actor
     confirmations don't queue on its row. None unless the reservation is HELD and not run
     out, the actor may confirm it and no rule refuses it (see `rules.refusal`); the locked
     path explains why."""
+    # The row is locked by a subquery, which PostgreSQL runs before it evaluates the
+    # conditions: a wait for the row must not leave the hold's end judged as of before it.
+    locked_first = (
+        select(Reservation.id)
+        .where(col(Reservation.id) == reservation_id)
+        .with_for_update()
+        .scalar_subquery()
+    )
     confirmed = (
         sa.update(Reservation)
         .where(
-            col(Reservation.id) == reservation_id,
+            col(Reservation.id) == locked_first,
             col(Reservation.event_id) == col(Event.id),
             col(Reservation.status) == ReservationStatus.HELD,
             col(Reservation.expires_at) > clock.now(),

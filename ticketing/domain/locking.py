@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from sqlalchemy.orm import aliased
+from sqlalchemy.sql.util import ClauseAdapter
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -105,11 +107,20 @@ def lock_expired_events(session: Session, event_ids: Sequence[int]) -> int:
 def _lock_event_where(
     session: Session, condition: sa.ColumnElement[bool], taking: int
 ) -> LockedEvent | None:
+    # PostgreSQL computes a locking SELECT's columns before it waits for the lock; while a
+    # request waits, holds run out and the event may start. So the row is locked in a
+    # subquery, and the columns that depend on the time are computed above it, once the lock
+    # is ours. (Their subqueries still read the statement's snapshot, from before the wait:
+    # a hold made meanwhile can't run out before the wait ends, as waits are far shorter than
+    # the shortest hold.)
+    locked = select(Event).where(condition).with_for_update(of=Event).subquery("locked")
+    after_the_wait = ClauseAdapter(locked).traverse
     found = session.exec(
-        select(Event, rules.refusal(taking=taking), _has_expired_holds)
-        .where(condition)
-        .with_for_update(of=Event)
-        .execution_options(populate_existing=True)
+        select(
+            aliased(Event, locked),
+            after_the_wait(rules.refusal(taking=taking)),
+            _has_expired_holds(locked.c.id),
+        ).execution_options(populate_existing=True)
     ).one_or_none()
     if found is None:
         return None
@@ -139,6 +150,7 @@ _expired_hold = sa.and_(
     col(Reservation.status) == ReservationStatus.HELD,
     col(Reservation.expires_at) <= clock.now(),
 )
-_has_expired_holds = (
-    sa.exists().where(col(Reservation.event_id) == col(Event.id), _expired_hold).correlate(Event)
-)
+
+
+def _has_expired_holds(event_id: sa.ColumnElement[int]) -> sa.ColumnElement[bool]:
+    return sa.exists().where(col(Reservation.event_id) == event_id, _expired_hold)
