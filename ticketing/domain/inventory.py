@@ -40,6 +40,18 @@ class Booking:
     event: Event
 
 
+# Whether the `event` row has holds that ran out but are not released yet.
+has_expired_holds = (
+    sa.exists()
+    .where(
+        col(Reservation.event_id) == col(Event.id),
+        col(Reservation.status) == ReservationStatus.HELD,
+        col(Reservation.expires_at) <= clock.now(),
+    )
+    .correlate(Event)
+)
+
+
 def take_in_one_statement(
     session: Session, *, event_id: int, customer_id: str, quantity: int
 ) -> Booking | None:
@@ -47,7 +59,8 @@ def take_in_one_statement(
     history line, all in one statement: atomic even outside a transaction, and the event's
     row stays locked only while PostgreSQL runs it.
 
-    None if a rule refuses it (see `rules.refusal`). Over the customer's limit, the statement
+    None if a rule refuses it (see `rules.refusal`) or the event has expired holds, which
+    only the event's lock releases (see `locking`). Over the customer's limit, the statement
     fails on the `hold_within_limit` constraint (see `rules.customer_limit`)."""
     statement = getattr(_per_thread, "take", None)
     if statement is None:
@@ -66,7 +79,13 @@ def _take_statement() -> Select[Event, Reservation]:
     quantity = sa.bindparam("quantity", type_=sa.Integer)
     taken = (
         sa.update(Event)
-        .where(col(Event.id) == event_id, rules.refusal(taking=quantity).is_(None))
+        .where(
+            col(Event.id) == event_id,
+            rules.refusal(taking=quantity).is_(None),
+            # Those holds still count against the customer's limit, and the tickets they free
+            # go to the waitlist before anyone else: the locked path releases them first.
+            ~has_expired_holds,
+        )
         .values(tickets_available=col(Event.tickets_available) - quantity, updated_at=clock.now())
         .returning(*Event.__table__.c)  # type: ignore[attr-defined]
         .cte("taken")

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from ticketing.domain import clock, promotion, rules
+from ticketing.domain import promotion, rules
 from ticketing.domain.errors import NotFound
-from ticketing.domain.inventory import release_expired
-from ticketing.domain.models import Event, Reservation, ReservationStatus
+from ticketing.domain.inventory import has_expired_holds, release_expired
+from ticketing.domain.models import Event, Reservation
 
 
 @dataclass(frozen=True)
@@ -81,15 +81,15 @@ def _lock_event_where(
     session: Session, condition: sa.ColumnElement[bool], taking: int
 ) -> LockedEvent | None:
     found = session.exec(
-        select(Event, rules.refusal(taking=taking), _has_expired_holds)
+        select(Event, rules.refusal(taking=taking), has_expired_holds)
         .where(condition)
         .with_for_update(of=Event)
         .execution_options(populate_existing=True)
     ).one_or_none()
     if found is None:
         return None
-    event, refusal, has_expired_holds = found
-    if has_expired_holds:
+    event, refusal, holds_ran_out = found
+    if holds_ran_out:
         assert event.id is not None
         released = release_expired(session, event.id)
         if released is not None:
@@ -100,14 +100,3 @@ def _lock_event_where(
             select(rules.refusal(taking=taking)).where(col(Event.id) == event.id)
         )
     return LockedEvent(event, refusal, taking)
-
-
-_has_expired_holds = (
-    sa.exists()
-    .where(
-        col(Reservation.event_id) == col(Event.id),
-        col(Reservation.status) == ReservationStatus.HELD,
-        col(Reservation.expires_at) <= clock.now(),
-    )
-    .correlate(Event)
-)
