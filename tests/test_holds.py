@@ -285,6 +285,56 @@ def expired_everywhere(engine: Engine, events: int) -> None:
     assert invariant_violations(engine) == []
 
 
+def test_expired_holds_no_longer_count_against_the_limit_before_any_sweep(
+    db: Database, engine: Engine, database_clock: DatabaseClock
+) -> None:
+    """The one-statement attempt would count the expired hold in the customer's tickets: it
+    leaves an event with expired holds to the locked path, which releases them first."""
+    event = key_of(
+        insert_event(engine, capacity=5, max_tickets_per_customer=2, hold_minutes=2), "Event"
+    )
+    assert event is not None
+    db.transaction(booking.reserve(event_id=event, actor=Actor("alice"), quantity=2))
+    database_clock.advance(timedelta(minutes=2))
+    operation = booking.reserve(event_id=event, actor=Actor("alice"), quantity=2)
+    assert operation.on_its_own is not None
+    assert db.autocommit(operation.on_its_own) is None
+    taken = db.transaction(operation)
+    assert (taken.reservation.quantity, taken.event.tickets_available) == (2, 3)
+    assert invariant_violations(engine) == []
+
+
+def test_expired_holds_go_to_the_waitlist_before_a_bystander_before_any_sweep(
+    db: Database, engine: Engine, database_clock: DatabaseClock
+) -> None:
+    """One ticket is on sale and an expired hold has another: together they serve the
+    waiting entry for two, so the bystander asking for the one on sale is refused."""
+    event = key_of(insert_event(engine, capacity=2, hold_minutes=2), "Event")
+    assert event is not None
+    db.transaction(booking.reserve(event_id=event, actor=Actor("alice"), quantity=1))
+    entry = db.transaction(waitlist.join(event_id=event, actor=Actor("bob"), quantity=2)).entry
+    database_clock.advance(timedelta(minutes=2))
+    operation = booking.reserve(event_id=event, actor=Actor("carol"), quantity=1)
+    assert operation.on_its_own is not None
+    assert db.autocommit(operation.on_its_own) is None
+    with pytest.raises(errors.NotEnoughTickets):
+        db.transaction(operation)
+    # The refusal rolled the release back with it; the sweep commits it.
+    db.transaction(expiry.settle(event))
+    with engine.connect() as connection:
+        served = connection.execute(
+            sa.text(
+                "SELECT entry.status, offer.customer_id, offer.quantity, event.tickets_available"
+                " FROM waitlist_entry AS entry JOIN reservation AS offer"
+                " ON offer.id = entry.reservation_id JOIN event ON event.id = entry.event_id"
+                " WHERE entry.id = :id"
+            ),
+            {"id": entry.id},
+        ).one()
+    assert tuple(served) == ("OFFERED", "bob", 2, 0)
+    assert invariant_violations(engine) == []
+
+
 def test_processes_sweeping_at_once_release_each_hold_once(
     db: Database, engine: Engine, database_clock: DatabaseClock
 ) -> None:

@@ -32,8 +32,8 @@ def reserve(*, event_id: int, actor: Actor, quantity: int) -> Operation[Booking]
 
     Most attempts are settled by one statement, which may run with each statement committing
     on its own: the hot event's row then stays locked only while PostgreSQL runs it. When
-    that statement finds no tickets (or the event not on sale), the transaction decides under
-    the event's lock, after releasing expired holds."""
+    that statement finds no tickets, the event not on sale or holds that ran out, the
+    transaction decides under the event's lock, after releasing expired holds."""
     customer_id = actor.customer_id
     return Operation(
         in_transaction=partial(_reserve_locked, event_id, customer_id, quantity),
@@ -59,15 +59,20 @@ def _reserve_at_once(
 
 def _reserve_locked(event_id: int, customer_id: str, quantity: int, session: Session) -> Booking:
     rules.require_positive(quantity)
-    lock_event(session, event_id, taking=quantity).refuse()
-    # A failed statement aborts a transaction: a savepoint keeps it usable for the reads that
-    # explain the refusal.
-    with rules.customer_limit(session, event_id=event_id, customer_id=customer_id, savepoint=True):
-        booked = take_in_one_statement(
-            session, event_id=event_id, customer_id=customer_id, quantity=quantity
-        )
-    assert booked is not None, "nothing refused it under the event's lock"
-    return booked
+    # Tried again only when a hold ran out or the event started since the lock read them:
+    # the next lock releases that hold, or refuses.
+    while True:
+        lock_event(session, event_id, taking=quantity).refuse()
+        # A failed statement aborts a transaction: a savepoint keeps it usable for the reads
+        # that explain the refusal.
+        with rules.customer_limit(
+            session, event_id=event_id, customer_id=customer_id, savepoint=True
+        ):
+            booked = take_in_one_statement(
+                session, event_id=event_id, customer_id=customer_id, quantity=quantity
+            )
+        if booked is not None:
+            return booked
 
 
 def increase(*, reservation_id: int, actor: Actor, quantity: int) -> Operation[Booking]:

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Mapped, aliased
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import Select
 
@@ -41,6 +41,20 @@ class Booking:
     event: Event
 
 
+# A HELD reservation whose hold ran out but is not released yet.
+expired_hold = sa.and_(
+    col(Reservation.status) == ReservationStatus.HELD,
+    col(Reservation.expires_at) <= clock.now(),
+)
+
+
+def has_expired_holds(
+    event_id: sa.ColumnElement[int] | Mapped[int | None],
+) -> sa.ColumnElement[bool]:
+    """Whether the event has holds that ran out but are not released yet."""
+    return sa.exists().where(col(Reservation.event_id) == event_id, expired_hold)
+
+
 def take_in_one_statement(
     session: Session, *, event_id: int, customer_id: str, quantity: int
 ) -> Booking | None:
@@ -48,7 +62,8 @@ def take_in_one_statement(
     history line, all in one statement: atomic even outside a transaction, and the event's
     row stays locked only while PostgreSQL runs it.
 
-    None if a rule refuses it (see `rules.refusal`). Over the customer's limit, the statement
+    None if a rule refuses it (see `rules.refusal`) or the event has expired holds, which
+    only the event's lock releases (see `locking`). Over the customer's limit, the statement
     fails on the `hold_within_limit` constraint (see `rules.customer_limit`)."""
     statement = getattr(_per_thread, "take", None)
     if statement is None:
@@ -67,7 +82,13 @@ def _take_statement() -> Select[Event, Reservation]:
     quantity = sa.bindparam("quantity", type_=sa.Integer)
     taken = (
         sa.update(Event)
-        .where(col(Event.id) == event_id, rules.refusal(taking=quantity).is_(None))
+        .where(
+            col(Event.id) == event_id,
+            rules.refusal(taking=quantity).is_(None),
+            # Those holds still count against the customer's limit, and the tickets they free
+            # go to the waitlist before anyone else: the locked path releases them first.
+            ~has_expired_holds(col(Event.id)),
+        )
         .values(tickets_available=col(Event.tickets_available) - quantity, updated_at=clock.now())
         .returning(*Event.__table__.c)  # type: ignore[attr-defined]
         .cte("taken")

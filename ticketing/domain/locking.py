@@ -24,10 +24,10 @@ from sqlalchemy.sql.util import ClauseAdapter
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from ticketing.domain import clock, promotion, rules
+from ticketing.domain import promotion, rules
 from ticketing.domain.errors import NotFound
-from ticketing.domain.inventory import release_expired
-from ticketing.domain.models import Event, Reservation, ReservationStatus
+from ticketing.domain.inventory import expired_hold, has_expired_holds, release_expired
+from ticketing.domain.models import Event, Reservation
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def lock_reservation(
 
 def events_with_expired_holds(limit: int) -> SelectOfScalar[int]:
     """The IDs of events with holds that ran out, at most `limit` of them."""
-    return select(Reservation.event_id).where(_expired_hold).distinct().limit(limit)
+    return select(Reservation.event_id).where(expired_hold).distinct().limit(limit)
 
 
 def lock_expired_events(session: Session, event_ids: Sequence[int]) -> int:
@@ -119,13 +119,13 @@ def _lock_event_where(
         select(
             aliased(Event, locked),
             after_the_wait(rules.refusal(taking=taking)),
-            _has_expired_holds(locked.c.id),
+            has_expired_holds(locked.c.id),
         ).execution_options(populate_existing=True)
     ).one_or_none()
     if found is None:
         return None
-    event, refusal, has_expired_holds = found
-    if has_expired_holds:
+    event, refusal, holds_ran_out = found
+    if holds_ran_out:
         [event] = _settle(session, [(event, refusal)])
         refusal = session.scalar(
             select(rules.refusal(taking=taking)).where(col(Event.id) == event.id)
@@ -144,13 +144,3 @@ def _settle(session: Session, locked: list[tuple[Event, str | None]]) -> list[Ev
     )
     after = {event.id: event for event in [*released, *promoted]}
     return [after.get(event.id, event) for event, _ in locked]
-
-
-_expired_hold = sa.and_(
-    col(Reservation.status) == ReservationStatus.HELD,
-    col(Reservation.expires_at) <= clock.now(),
-)
-
-
-def _has_expired_holds(event_id: sa.ColumnElement[int]) -> sa.ColumnElement[bool]:
-    return sa.exists().where(col(Reservation.event_id) == event_id, _expired_hold)
