@@ -422,6 +422,11 @@ class Replay:
     after_line: dict[int, tuple[int, str]] = field(default_factory=dict)
     tx_of: dict[tuple[str, int, str | None], int] = field(default_factory=dict)
     available_after_tx: dict[int, int] = field(default_factory=dict)
+    # What a confirmation may have seen: it reads the event without its lock, as of its
+    # statement's start, which may lie a few transactions before its place in the log (it
+    # may wait for its reservation's row meanwhile). So: an availability the event had by
+    # then.
+    seen_by_confirmation: dict[int, set[int]] = field(default_factory=dict)
     capacities: list[tuple[int, int]] = field(default_factory=list)  # (capacity, tx)
     problems: list[str] = field(default_factory=list)
     stats: Counter[str] = field(default_factory=Counter)
@@ -448,19 +453,39 @@ def replay(engine: Engine) -> tuple[Replay, dict[str, Any]]:
     state = Replay()
     problem = state.problems.append
 
-    # Transactions one after the other: the event's lock admits one at a time.
-    transactions: list[list[Any]] = []
+    # Transactions one after the other: the event's lock admits one at a time. Confirmations
+    # don't take it (no tickets move; they lock only their reservation's row, which any other
+    # change of that reservation locks too), so they commute with whatever they overlap: each
+    # is replayed after the transaction it fell into.
+    kinds_by_tx: dict[int, set[str]] = defaultdict(set)
     for line in log:
+        kinds_by_tx[line.tx].add(
+            changes[line.row_id].kind if line.source == "change" else line.source
+        )
+    confirmations = {tx for tx, kinds in kinds_by_tx.items() if kinds == {"CONFIRMED"}}
+    transactions: list[list[Any]] = []
+    waiting: list[list[Any]] = []
+    for line in log:
+        if line.tx in confirmations:
+            waiting.append([line])
+            continue
         if transactions and transactions[-1][0].tx == line.tx:
             transactions[-1].append(line)
-        else:
-            transactions.append([line])
+            continue
+        transactions += waiting
+        waiting = []
+        transactions.append([line])
+    transactions += waiting
     if len({lines[0].tx for lines in transactions}) != len(transactions):
         problem("two transactions of the event overlapped in the log")
 
+    had = {state.available}
     for lines in transactions:
         tx = lines[0].tx
         before = state.available
+        had.add(before)
+        if tx in confirmations:
+            state.seen_by_confirmation[tx] = set(had)
         event_lines = [line for line in lines if line.source == "event"]
         state.stats["transactions"] += 1
         for line in lines:
@@ -646,6 +671,8 @@ def explain_acks(state: Replay, rows: dict[str, Any], clients: list[Client]) -> 
         for ack, line in zip(acks, lines, strict=True):
             tx = state.tx_of["change", line.id, None]
             seen = (ack.quantity, ack.status, ack.available)
+            if ack.available in state.seen_by_confirmation.get(tx, ()):
+                seen = (ack.quantity, ack.status, state.available_after_tx[tx])
             if seen != (*state.after_line[line.id], state.available_after_tx[tx]):
                 problems.append(
                     f"reservation {reservation_id}: {ack.operation} answered {seen}, the"
