@@ -32,7 +32,7 @@ from tests.conftest import (
     make_settings,
     snapshot,
 )
-from tests.servers import free_port, serve
+from tests.servers import client_limits, free_port, serve
 from ticketing import migrations
 from ticketing.api.ids import key_of
 from ticketing.api.schema import (
@@ -456,7 +456,7 @@ def test_a_locked_hot_event_does_not_starve_requests_for_other_events(
         lock_event_row(blocker, hot)
 
         async def main() -> tuple[list[Any], list[Any], list[Any]]:
-            limits = httpx.Limits(max_connections=64)
+            limits = client_limits(64)
             async with httpx.AsyncClient(base_url=running.url, timeout=30, limits=limits) as http:
                 return await pile_up(http)
 
