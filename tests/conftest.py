@@ -94,13 +94,28 @@ def engine(database_url: str) -> Iterator[Engine]:
     made.dispose()
 
 
+# Whether TRUNCATE would change anything: a row in a table, or a sequence that has been used.
+# Most tests write nothing, and a TRUNCATE costs 10-20 ms (new files for every table).
+ANYTHING_TO_CLEAN = " OR ".join(
+    [f"EXISTS (SELECT FROM {table})" for table in TABLES.split(", ")]
+    + [
+        "EXISTS (SELECT FROM pg_sequences"
+        " WHERE schemaname = current_schema() AND last_value IS NOT NULL)"
+    ]
+)
+
+
+def clean_tables(engine: Engine) -> None:
+    """Empty the tables and restart their sequences, as a fresh database has them."""
+    with engine.begin() as connection:
+        if connection.scalar(sa.text(f"SELECT {ANYTHING_TO_CLEAN}")):
+            connection.execute(sa.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+
+
 @pytest.fixture(autouse=True)
 def _clean_tables(request: pytest.FixtureRequest) -> None:
-    if "engine" not in request.fixturenames:
-        return
-    engine: Engine = request.getfixturevalue("engine")
-    with engine.begin() as connection:
-        connection.execute(sa.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    if "engine" in request.fixturenames:
+        clean_tables(request.getfixturevalue("engine"))
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:

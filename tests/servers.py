@@ -23,6 +23,14 @@ def free_port() -> int:
         return port
 
 
+def client_limits(max_connections: int) -> httpx.Limits:
+    """Connection limits for a client that sends many requests to a server process. Idle
+    connections go after 1 s: uvicorn closes a connection idle for 5 s, httpx would reuse it
+    up to 5 s, and a request sent on it as the server closes it fails with a ReadError (seen
+    on a busy machine)."""
+    return httpx.Limits(max_connections=max_connections, keepalive_expiry=1)
+
+
 @dataclass
 class RunningServer:
     url: str

@@ -26,7 +26,7 @@ from tests.conftest import (
     invariant_violations,
     lock_event_row,
 )
-from tests.servers import RunningServer, serve
+from tests.servers import RunningServer, client_limits, serve
 from ticketing.api.ids import key_of
 
 CLIENTS = 60
@@ -157,7 +157,7 @@ def test_many_clients_never_oversell_or_lose_a_change(
     clients = [Client(i, f"customer-{i % CUSTOMERS}") for i in range(CLIENTS)]
 
     async def main() -> Counter[str]:
-        limits = httpx.Limits(max_connections=CLIENTS + 1)
+        limits = client_limits(CLIENTS + 1)
         async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as http:
             organizer, *_ = await asyncio.gather(
                 run_organizer(http, event_id),

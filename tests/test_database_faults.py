@@ -32,7 +32,7 @@ from tests.conftest import (
     make_settings,
     snapshot,
 )
-from tests.servers import free_port, serve
+from tests.servers import client_limits, free_port, serve
 from ticketing import migrations
 from ticketing.api.ids import key_of
 from ticketing.api.schema import (
@@ -180,6 +180,13 @@ def migrated_database(maintenance_url: str) -> str:
     return url
 
 
+async def eventually(condition: Callable[[], bool], within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within {within_s} s"
+        await asyncio.sleep(0.02)
+
+
 def test_service_survives_a_database_restart_under_load(
     own_postgres: tuple[Any, str], tmp_path: Path
 ) -> None:
@@ -189,9 +196,10 @@ def test_service_survives_a_database_restart_under_load(
     env = {"DATABASE_URL": url, "TICKETING_JWT_SECRET": JWT_SECRET}
     acknowledged: dict[str, int] = {}
     outcomes: list[tuple[float, int, float]] = []  # when, status, how long it took
+    refused: Counter[int] = Counter()  # 503s per customer
 
-    async def customer(http: httpx.AsyncClient, index: int, until: float) -> None:
-        while time.monotonic() < until:
+    async def customer(http: httpx.AsyncClient, index: int, done: asyncio.Event) -> None:
+        while not done.is_set():
             started = time.monotonic()
             response = await http.post(
                 "/graphql",
@@ -206,30 +214,49 @@ def test_service_survives_a_database_restart_under_load(
                 assert response.status_code == 503, response.text
                 code = response.json()["errors"][0]["extensions"]["code"]
                 assert code == "SERVICE_UNAVAILABLE"
+                refused[index] += 1
             await asyncio.sleep(0.01)
 
-    async def outage(http: httpx.AsyncClient) -> tuple[int, int]:
-        await asyncio.sleep(1.0)
-        await asyncio.to_thread(
-            pgserver.pg_ctl,
-            ["-w", "-m", "fast", "stop"],
-            pgdata=server.pgdata,
-            user=server.system_user,
-        )
-        await asyncio.sleep(0.5)
-        while_down = (await http.get("/readyz")).status_code
-        await asyncio.sleep(1.0)
-        await asyncio.to_thread(server.ensure_postgres_running)
-        await asyncio.sleep(1.0)
-        return while_down, (await http.get("/readyz")).status_code
+    async def outage(http: httpx.AsyncClient, done: asyncio.Event) -> tuple[int, int]:
+        # Each phase lasts until what it is for has happened, not for a fixed time.
+        try:
+            await eventually(lambda: len(acknowledged) >= 20, 10, "20 reservations before")
+            await asyncio.to_thread(
+                pgserver.pg_ctl,
+                ["-w", "-m", "fast", "stop"],
+                pgdata=server.pgdata,
+                user=server.system_user,
+            )
+            while_down = (await http.get("/readyz")).status_code
+            # Down until every customer has been refused twice (each fast, checked below).
+            await eventually(
+                lambda: len(refused) == 10 and min(refused.values()) >= 2,
+                5,
+                "every customer refused twice",
+            )
+            await asyncio.to_thread(server.ensure_postgres_running)
+            restarted = time.monotonic()
+            ready_by = restarted + 1.0
+            while (ready := (await http.get("/readyz")).status_code) != 200:
+                if time.monotonic() > ready_by:
+                    break
+                await asyncio.sleep(0.05)
+            await eventually(
+                lambda: any(when > restarted and status == 200 for when, status, _ in outcomes),
+                3,
+                "a reservation after the restart",
+            )
+            return while_down, ready
+        finally:
+            done.set()
 
     with serve(env, workers=1, log_dir=tmp_path) as running:
 
         async def main() -> tuple[int, int]:
+            done = asyncio.Event()
             async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
-                until = time.monotonic() + 5.5
                 ready_states, *_ = await asyncio.gather(
-                    outage(http), *(customer(http, index, until) for index in range(10))
+                    outage(http, done), *(customer(http, index, done) for index in range(10))
                 )
                 return ready_states
 
@@ -371,8 +398,17 @@ def test_a_frozen_database_is_answered_503_within_the_deadline(
     assert message["reservation"] == OUTCOME_UNKNOWN_MESSAGE
     assert message["keyed reservation"] == UNAVAILABLE_MESSAGE
     assert message["read"] == UNAVAILABLE_MESSAGE
-    time.sleep(1)  # let the abandoned threads finish
     with engine.connect() as connection:
+        # The server has exited: wait until the database has ended its sessions, and with
+        # them any transaction it had left open.
+        others = sa.text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        ended_by = time.monotonic() + 10
+        while connection.scalar(others):
+            assert time.monotonic() < ended_by, "the server's sessions still open after 10 s"
+            time.sleep(0.05)
         made = set(connection.scalars(sa.text("SELECT customer_id FROM reservation")))
     assert "frozen-keyed" not in made
     assert invariant_violations(engine) == []
@@ -412,7 +448,7 @@ def test_a_locked_hot_event_does_not_starve_requests_for_other_events(
         lock_event_row(blocker, hot)
 
         async def main() -> tuple[list[Any], list[Any], list[Any]]:
-            limits = httpx.Limits(max_connections=64)
+            limits = client_limits(64)
             async with httpx.AsyncClient(base_url=running.url, timeout=30, limits=limits) as http:
                 return await pile_up(http)
 
