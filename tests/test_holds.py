@@ -85,9 +85,10 @@ def wait_for_status(
     status: str,
     *,
     only_in_database: Engine | None = None,
-    within_s: float = 1.5,
+    within_s: float = 5,
 ) -> Any:
-    """The reservation once it has `status`: the sweeper's work, which runs every 0.25 s.
+    """The reservation once it has `status`: the sweeper's work, which runs every 0.25 s (the
+    wait allows for a busy machine; the benchmark measures how soon).
     With `only_in_database`, poll the table rather than the API, so that no request's lock
     can do the sweeper's work."""
     deadline = time.monotonic() + within_s
