@@ -13,20 +13,23 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from ticketing import background, graphiql
 from ticketing.api.schema import build_schema
 from ticketing.db import Database, DatabaseUnavailable
 from ticketing.http import GraphQLEndpoint
+from ticketing.live.hub import Hub
+from ticketing.live.listener import Listener
 from ticketing.migrations import is_at_head
 from ticketing.settings import Settings, get_settings
+from ticketing.websocket import GraphQLWebSocket
 
 logger = logging.getLogger("ticketing")
 
 # Outside production, a browser app served from the developer's own machine (a Vite or
-# webpack dev server, any port) may call the API at once; production allows only the
-# origins listed in TICKETING_CORS_ORIGINS.
+# webpack dev server, any port) may call the API (and open its WebSocket) at once;
+# production allows only the origins listed in TICKETING_CORS_ORIGINS.
 LOCAL_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d{1,5})?"
 
 
@@ -50,7 +53,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     db = Database.from_settings(settings, settings.database_url)
     ide = graphiql.load() if settings.graphiql_enabled else None
-    graphql = GraphQLEndpoint(build_schema(settings), db, settings, ide)
+    schema = build_schema(settings)
+    graphql = GraphQLEndpoint(schema, db, settings, ide)
+    local_origins = LOCAL_ORIGINS if settings.env != "production" else None
+    hub = Hub(db)
+    listener = Listener(
+        settings.listen_database_url or settings.database_url,
+        hub,
+        connect_timeout_s=settings.db_connect_timeout_s,
+    )
+    live = GraphQLWebSocket(
+        schema, db, hub, settings, settings.cors_origins, local_origins=local_origins
+    )
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -71,7 +85,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             asyncio.create_task(background.purge_idempotency_keys(db, settings)),
             asyncio.create_task(background.release_expired_holds(db, settings)),
         ]
+        hub.start()
+        listener.start()
         yield
+        await listener.stop()
+        await hub.stop()
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -79,7 +97,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         db.dispose()
 
     middleware = []
-    local_origins = LOCAL_ORIGINS if settings.env != "production" else None
     if settings.cors_origins or local_origins:
         middleware.append(
             Middleware(
@@ -102,6 +119,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 graphql.handle,
                 methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
             ),
+            WebSocketRoute("/graphql", live),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             *ide_assets,

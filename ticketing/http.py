@@ -157,7 +157,15 @@ class GraphQLEndpoint:
                 allowed_operation_types=_allowed_operations(method),
                 operation_extensions=params.extensions,
             )
-        except InvalidOperationTypeError:
+        except InvalidOperationTypeError as error:
+            if error.operation_type is OperationType.SUBSCRIPTION:
+                return _error_answer(
+                    400,
+                    "Subscriptions need a WebSocket: connect to /graphql with the "
+                    "graphql-transport-ws protocol (the graphql-ws library).",
+                    ErrorCode.BAD_REQUEST,
+                    media_type,
+                )
             return _error_answer(
                 405,
                 "Mutations must be sent with POST.",

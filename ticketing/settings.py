@@ -53,6 +53,9 @@ class Settings(BaseSettings):
 
     env: Literal["development", "production"] = "development"
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    # The one connection per process that LISTENs for changes; it must reach PostgreSQL
+    # directly (not through a transaction-pooling PgBouncer). Unset: DATABASE_URL.
+    listen_database_url: str | None = None
     data_dir: Path = Path(".ticketing")
     jwt_secret: SecretStr = SecretStr(DEVELOPMENT_JWT_SECRET)
     # When set, tokens must carry this `iss` / `aud` (empty means unset).
@@ -84,6 +87,8 @@ class Settings(BaseSettings):
     # Idle connections don't count: uvicorn's limit_concurrency counts them, so the idle
     # connections a load balancer keeps open would turn into 503s, plain text ones.
     max_concurrent_requests: int = Field(default=500, ge=1)
+    # Open WebSocket connections per worker; more are closed at once with 1013 (try later).
+    max_websocket_connections: int = Field(default=10_000, ge=1)
     max_query_tokens: int = Field(default=2000, ge=100)
     max_query_depth: int = Field(default=15, ge=2)
     max_query_aliases: int = Field(default=30, ge=0)
@@ -115,7 +120,7 @@ class Settings(BaseSettings):
     hold_sweep_interval_s: float = Field(default=0.25, gt=0, le=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("database_url")
+    @field_validator("database_url", "listen_database_url")
     @classmethod
     def _psycopg2_url(cls, value: str | None) -> str | None:
         return postgresql_url(value) if value else None

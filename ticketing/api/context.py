@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import NamedTuple, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import strawberry
 from graphql import GraphQLError
@@ -18,6 +18,9 @@ from ticketing.db import Database
 from ticketing.domain import catalog
 from ticketing.domain.actors import Actor
 from ticketing.domain.models import Event, Reservation, ReservationChange, WaitlistEntry
+
+if TYPE_CHECKING:
+    from ticketing.live.hub import Hub
 
 T = TypeVar("T")
 
@@ -41,6 +44,11 @@ class Context:
     # As the client sent it: Strawberry fills in the first operation's name when it is missing.
     operation_name: str | None = None
     idempotency_key: str | None = None  # the Idempotency-Key header
+    # Over WebSocket: the live updates of this process, the `connection_init` payload, and
+    # how to drop the connection (a subscriber that stopped reading).
+    hub: Hub | None = None
+    connection_params: dict[str, object] | None = None
+    drop_connection: Callable[[], object] = lambda: None
     loaders: Loaders = field(init=False)
     # Whether a mutation of this request has changed something (mutations run in order).
     made_changes: bool = field(default=False, init=False)
@@ -52,6 +60,12 @@ class Context:
         """After a mutation changed something (see `Loaders.forget_all`)."""
         self.made_changes = True
         self.loaders.forget_all(fresh_event=fresh_event)
+
+    def fresh_loaders(self) -> Loaders:
+        """Loaders with nothing cached: a WebSocket connection's context lives as long as the
+        connection, and each message of a subscription must show the data as it is now."""
+        self.loaders = Loaders(self.db)
+        return self.loaders
 
     def require_viewer(self) -> Actor:
         if self.viewer is None:

@@ -30,6 +30,8 @@ class ErrorCode(StrEnum):
     QUERY_LIMIT_EXCEEDED = "QUERY_LIMIT_EXCEEDED"
     BAD_REQUEST = "BAD_REQUEST"
     PERSISTED_QUERY_NOT_FOUND = "PERSISTED_QUERY_NOT_FOUND"
+    # A subscription's target doesn't exist (or isn't the viewer's to see).
+    NOT_FOUND = "NOT_FOUND"
 
 
 def request_error(code: ErrorCode, message: str) -> GraphQLError:

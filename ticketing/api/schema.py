@@ -20,6 +20,7 @@ from ticketing.api.errors import ErrorCode, request_error
 from ticketing.api.events import EventMutations
 from ticketing.api.queries import Query
 from ticketing.api.reservations import ReservationMutations
+from ticketing.api.subscriptions import Subscription
 from ticketing.api.types import Event, Reservation
 from ticketing.api.validation import (
     DOCUMENT_CACHE_SIZE,
@@ -177,6 +178,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     return TicketingSchema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         types=[Event, Reservation],
         config=StrawberryConfig(name_converter=MemoizedNameConverter()),
         extensions=extensions,

@@ -126,6 +126,17 @@ def reservations_by_id(session: Session, ids: Sequence[int]) -> dict[int, Reserv
     return {r.id: r for r in reservations if r.id is not None}
 
 
+def reservations_changed_since(
+    session: Session, customer_ids: Sequence[str], since: datetime
+) -> Sequence[Reservation]:
+    """The customers' reservations changed at or after `since`."""
+    return session.exec(
+        select(Reservation).where(
+            col(Reservation.customer_id).in_(customer_ids), col(Reservation.updated_at) >= since
+        )
+    ).all()
+
+
 def history_pages(
     session: Session, reservation_ids: Sequence[int], *, after_id: int | None, limit: int
 ) -> dict[int, list[ReservationChange]]:

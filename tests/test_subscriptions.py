@@ -1,0 +1,169 @@
+"""Live updates over WebSocket (graphql-transport-ws): what a client sees, and who may see it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from tests.conftest import auth, data, gql, insert_event, token
+from ticketing.api.ids import to_global_id
+from ticketing.settings import Settings
+
+PROTOCOL = "graphql-transport-ws"
+EVENT_CHANGED = (
+    """subscription($id: ID!) { eventChanged(id: $id) { id ticketsAvailable status } }"""
+)
+MY_RESERVATIONS = """subscription { myReservationChanged { id quantity status customer } }"""
+RESERVE = """mutation($input: CreateReservationInput!) { createReservation(input: $input) {
+    __typename ... on ReservationPayload { reservation { id } } } }"""
+
+
+@contextmanager
+def connected(
+    client: TestClient, payload: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> Iterator[Any]:
+    with client.websocket_connect("/graphql", subprotocols=[PROTOCOL], headers=headers or {}) as ws:
+        ws.send_json({"type": "connection_init", "payload": payload or {}})
+        assert ws.receive_json() == {"type": "connection_ack"}
+        yield ws
+
+
+def subscribe(ws: Any, query: str, variables: dict[str, Any] | None = None, id: str = "1") -> None:
+    ws.send_json(
+        {"id": id, "type": "subscribe", "payload": {"query": query, "variables": variables}}
+    )
+
+
+def next_data(ws: Any) -> Any:
+    message = ws.receive_json()
+    assert message["type"] == "next", message
+    assert "errors" not in message["payload"], message
+    return message["payload"]["data"]
+
+
+def reserve(client: TestClient, event_id: str, quantity: int, who: str = "alice") -> str:
+    made = data(
+        client, RESERVE, {"input": {"eventId": event_id, "quantity": quantity}}, headers=auth(who)
+    )["createReservation"]
+    reservation_id: str = made["reservation"]["id"]
+    return reservation_id
+
+
+def test_an_event_is_sent_now_and_after_each_change(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine, capacity=10)
+    with connected(client) as ws:
+        subscribe(ws, EVENT_CHANGED, {"id": event_id})
+        assert next_data(ws)["eventChanged"] == {
+            "id": event_id,
+            "ticketsAvailable": 10,
+            "status": "ON_SALE",
+        }
+        reserve(client, event_id, 3)
+        assert next_data(ws)["eventChanged"]["ticketsAvailable"] == 7
+
+
+def test_a_burst_of_changes_ends_on_the_latest_value(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine, capacity=50)
+    with connected(client) as ws:
+        subscribe(ws, EVENT_CHANGED, {"id": event_id})
+        next_data(ws)
+        for number in range(20):
+            reserve(client, event_id, 1, f"fan-{number}")
+        seen = []
+        while not seen or seen[-1] != 30:
+            seen.append(next_data(ws)["eventChanged"]["ticketsAvailable"])
+        # Coalesced: fewer messages than changes, never going back.
+        assert len(seen) <= 20
+        assert seen == sorted(seen, reverse=True)
+
+
+def test_my_reservations_are_mine_only(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine, capacity=10)
+    with connected(client, {"Authorization": f"Bearer {token('alice')}"}) as ws:
+        subscribe(ws, MY_RESERVATIONS)
+        reserve(client, event_id, 2, "bob")
+        mine = reserve(client, event_id, 1, "alice")
+        assert next_data(ws)["myReservationChanged"] == {
+            "id": mine,
+            "quantity": 1,
+            "status": "ACTIVE",
+            "customer": "alice",
+        }
+
+
+def test_the_upgrade_requests_header_signs_in_too(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine)
+    with connected(client, headers=auth("alice")) as ws:
+        subscribe(ws, MY_RESERVATIONS)
+        mine = reserve(client, event_id, 1, "alice")
+        assert next_data(ws)["myReservationChanged"]["id"] == mine
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic abc"}, {"Authorization": 5}],
+)
+def test_a_bad_token_closes_the_connection(client: TestClient, payload: dict[str, Any]) -> None:
+    with client.websocket_connect("/graphql", subprotocols=[PROTOCOL]) as ws:
+        ws.send_json({"type": "connection_init", "payload": payload})
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+    assert closed.value.code == 4403
+
+
+def test_anonymous_clients_may_not_watch_reservations(client: TestClient) -> None:
+    with connected(client) as ws:
+        subscribe(ws, MY_RESERVATIONS)
+        message = ws.receive_json()
+    assert message["type"] in ("error", "next")
+    errors = message["payload"] if message["type"] == "error" else message["payload"]["errors"]
+    assert errors[0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+@pytest.mark.parametrize("event_id", ["nonsense", to_global_id("Event", 999), to_global_id("X", 1)])
+def test_an_unknown_event_ends_the_subscription_with_an_error(
+    client: TestClient, event_id: str
+) -> None:
+    with connected(client) as ws:
+        subscribe(ws, EVENT_CHANGED, {"id": event_id})
+        message = ws.receive_json()
+        errors = message["payload"] if message["type"] == "error" else message["payload"]["errors"]
+        assert errors[0]["extensions"]["code"] == "NOT_FOUND"
+        if message["type"] == "next":
+            assert ws.receive_json() == {"id": "1", "type": "complete"}
+
+
+def test_watching_more_than_100_events_is_bad_input(client: TestClient, engine: Engine) -> None:
+    ids = [to_global_id("Event", n) for n in range(1, 102)]
+    with connected(client) as ws:
+        subscribe(
+            ws, "subscription($ids: [ID!]!) { eventsChanged(ids: $ids) { id } }", {"ids": ids}
+        )
+        message = ws.receive_json()
+    errors = message["payload"] if message["type"] == "error" else message["payload"]["errors"]
+    assert errors[0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+def test_a_subscription_over_http_gets_a_clear_error(client: TestClient, engine: Engine) -> None:
+    event_id = insert_event(engine)
+    body = gql(client, EVENT_CHANGED, {"id": event_id}, expect_status=400)
+    assert "WebSocket" in body["errors"][0]["message"]
+    assert json.dumps(body).count("Traceback") == 0
+
+
+def test_subscription_documents_meet_the_same_limits(client: TestClient) -> None:
+    nested = "id"
+    for _ in range(Settings().max_query_depth):
+        nested = f"event {{ reservations {{ edges {{ node {{ {nested} }} }} }} }}"
+    with connected(client, {"Authorization": f"Bearer {token('alice')}"}) as ws:
+        subscribe(ws, f"subscription {{ myReservationChanged {{ {nested} }} }}")
+        message = ws.receive_json()
+    assert message["type"] == "error", message
+    assert message["payload"][0]["extensions"]["code"] == "QUERY_LIMIT_EXCEEDED"

@@ -1,0 +1,185 @@
+"""Fan-out in one process: who watches which event and which customer's reservations, and
+the coalesced reads that feed them.
+
+Each change announced for a watched event or customer marks it dirty; a flusher reads the
+dirty ones in one query at most once per `MIN_INTERVAL_S` each and hands the value to every
+subscriber's mailbox. So a hot event costs one read per interval per process whatever its
+number of changes and subscribers, a subscriber gets at most 1/`MIN_INTERVAL_S` messages per
+second per event, and the last change is always followed by a read that shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from sqlmodel import Session
+
+from ticketing.db import Database, DatabaseUnavailable
+from ticketing.domain import catalog
+from ticketing.domain.models import Event, Reservation
+from ticketing.live.mailbox import Mailbox
+
+logger = logging.getLogger("ticketing.live")
+K = TypeVar("K", int, str)
+
+MIN_INTERVAL_S = 0.1
+# After a failed read, the dirty keys wait this long before the next try.
+RETRY_AFTER_S = 0.5
+
+
+class Hub:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._event_watchers: dict[int, set[Mailbox]] = defaultdict(set)
+        self._customer_watchers: dict[str, set[Mailbox]] = defaultdict(set)
+        self._dirty_events: set[int] = set()
+        self._dirty_reservations: dict[str, set[int]] = defaultdict(set)
+        self._last_read: dict[Hashable, float] = {}
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def subscriptions(self) -> int:
+        return sum(map(len, self._event_watchers.values())) + sum(
+            map(len, self._customer_watchers.values())
+        )
+
+    def start(self) -> None:
+        self._flusher = asyncio.create_task(self._flush_forever())
+
+    async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+    # What the listener hears.
+
+    def event_changed(self, event_id: int) -> None:
+        if event_id in self._event_watchers:
+            self._dirty_events.add(event_id)
+            self._wake.set()
+
+    def reservation_changed(self, reservation_id: int, customer_id: str) -> None:
+        if customer_id in self._customer_watchers:
+            self._dirty_reservations[customer_id].add(reservation_id)
+            self._wake.set()
+
+    async def resync(self, since: datetime) -> None:
+        """After the listener missed announcements (its connection dropped at `since`):
+        every watched event is read again, and every watched customer's reservations that
+        changed since."""
+        self._dirty_events.update(self._event_watchers)
+        customers = list(self._customer_watchers)
+        if customers:
+            changed = await self._db.run_autocommit(
+                lambda session: catalog.reservations_changed_since(
+                    session, customers, since - timedelta(seconds=1)
+                )
+            )
+            for reservation in changed:
+                assert reservation.id is not None
+                self._dirty_reservations[reservation.customer_id].add(reservation.id)
+        self._wake.set()
+
+    # What subscriptions use.
+
+    @asynccontextmanager
+    async def watching_events(
+        self, event_ids: Sequence[int], drop: Callable[[], object]
+    ) -> AsyncIterator[Mailbox]:
+        """A mailbox that receives each of the events whenever it changes."""
+        mailbox = Mailbox(drop)
+        for event_id in event_ids:
+            self._event_watchers[event_id].add(mailbox)
+        try:
+            yield mailbox
+        finally:
+            for event_id in event_ids:
+                _forget(self._event_watchers, event_id, mailbox)
+
+    @asynccontextmanager
+    async def watching_customer(
+        self, customer_id: str, drop: Callable[[], object]
+    ) -> AsyncIterator[Mailbox]:
+        """A mailbox that receives each of the customer's reservations whenever it changes."""
+        mailbox = Mailbox(drop)
+        self._customer_watchers[customer_id].add(mailbox)
+        try:
+            yield mailbox
+        finally:
+            _forget(self._customer_watchers, customer_id, mailbox)
+
+    # The flusher.
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            wait_s = await self._flush_due()
+            if wait_s is not None:
+                # Something is dirty but was read too recently: come back when it is due.
+                asyncio.get_running_loop().call_later(wait_s, self._wake.set)
+
+    async def _flush_due(self) -> float | None:
+        """Read and deliver what is due; how long until the rest is, if anything waits."""
+        now = time.monotonic()
+        events = [key for key in self._dirty_events if self._due(("event", key), now)]
+        taken = {
+            customer: self._dirty_reservations.pop(customer)
+            for customer in list(self._dirty_reservations)
+            if self._due(("customer", customer), now)
+        }
+        self._dirty_events.difference_update(events)
+        if events or taken:
+            try:
+                await self._deliver(events, [key for keys in taken.values() for key in keys])
+            except DatabaseUnavailable as error:
+                logger.warning("Live updates delayed: %s", error)
+                self._dirty_events.update(events)
+                for customer, keys in taken.items():
+                    self._dirty_reservations[customer].update(keys)
+                return RETRY_AFTER_S
+            for key in events:
+                self._last_read["event", key] = now
+            for customer in taken:
+                self._last_read["customer", customer] = now
+        pending = [("event", key) for key in self._dirty_events] + [
+            ("customer", key) for key in self._dirty_reservations
+        ]
+        if not pending:
+            return None
+        return max(0.0, min(self._last_read.get(key, 0) + MIN_INTERVAL_S for key in pending) - now)
+
+    def _due(self, key: Hashable, now: float) -> bool:
+        return self._last_read.get(key, 0) + MIN_INTERVAL_S <= now
+
+    async def _deliver(self, event_ids: list[int], reservation_ids: list[int]) -> None:
+        def read(session: Session) -> tuple[dict[int, Event], dict[int, Reservation]]:
+            reservations = catalog.reservations_by_id(session, reservation_ids)
+            wanted = set(event_ids) | {r.event_id for r in reservations.values()}
+            return catalog.events_by_id(session, sorted(wanted)), reservations
+
+        events, reservations = await self._db.run_autocommit(read)
+        for event_id in event_ids:
+            if event_id in events:
+                for mailbox in list(self._event_watchers.get(event_id, ())):
+                    mailbox.put(event_id, events[event_id])
+        for key, reservation in reservations.items():
+            value = (reservation, events[reservation.event_id])
+            for mailbox in list(self._customer_watchers.get(reservation.customer_id, ())):
+                mailbox.put(key, value)
+
+
+def _forget(watchers: dict[K, set[Mailbox]], key: K, mailbox: Mailbox) -> None:
+    found = watchers.get(key)
+    if found is not None:
+        found.discard(mailbox)
+        if not found:
+            del watchers[key]

@@ -1,0 +1,106 @@
+"""One LISTEN connection per server process, feeding the hub.
+
+It is a connection of its own, straight to PostgreSQL (`TICKETING_LISTEN_DATABASE_URL`):
+LISTEN needs a session that stays on one server connection, which a transaction-pooling
+PgBouncer doesn't give. The event loop reads it when the socket has data, so nothing blocks
+on it, and HTTP requests never wait for it. When it drops (a PostgreSQL restart), it
+reconnects with backoff and has the hub re-read everything its subscribers watch, so nothing
+is missed across the gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+import psycopg2
+import psycopg2.extensions
+from sqlalchemy.engine import make_url
+
+from ticketing.db import DatabaseUnavailable
+from ticketing.live.hub import Hub
+
+logger = logging.getLogger("ticketing.live")
+
+CHANNELS = ("ticketing_event", "ticketing_reservation")
+FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.1, 5.0
+# A silent connection (a network partition) is noticed by TCP keepalives within about this.
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2}
+
+
+class Listener:
+    def __init__(self, url: str, hub: Hub, *, connect_timeout_s: int) -> None:
+        self._dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
+        self._hub = hub
+        self._connect_timeout_s = connect_timeout_s
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _listen_forever(self) -> None:
+        backoff = FIRST_BACKOFF_S
+        lost_at: datetime | None = None  # when announcements may have started to be missed
+        while True:
+            try:
+                connection = await asyncio.to_thread(self._connect)
+            except psycopg2.Error as error:
+                logger.warning(
+                    "Live updates: cannot listen (retrying in %.1f s): %s", backoff, error
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            backoff = FIRST_BACKOFF_S
+            try:
+                if lost_at is not None:
+                    logger.info("Live updates: listening again; re-reading what is watched")
+                    await self._hub.resync(since=lost_at)
+                    lost_at = None
+                self.connected.set()
+                await self._relay(connection)
+            except (psycopg2.Error, OSError, DatabaseUnavailable) as error:
+                logger.warning("Live updates: the listening connection dropped: %s", error)
+            finally:
+                self.connected.clear()
+                connection.close()
+                lost_at = lost_at or datetime.now(UTC)
+
+    def _connect(self) -> psycopg2.extensions.connection:
+        connection = psycopg2.connect(
+            self._dsn, connect_timeout=self._connect_timeout_s, **KEEPALIVE
+        )
+        connection.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+        with connection.cursor() as cursor:
+            for channel in CHANNELS:
+                cursor.execute(f"LISTEN {channel}")
+        return connection
+
+    async def _relay(self, connection: psycopg2.extensions.connection) -> None:
+        """Hand each announcement to the hub until the connection fails."""
+        loop = asyncio.get_running_loop()
+        readable = asyncio.Event()
+        loop.add_reader(connection.fileno(), readable.set)
+        try:
+            while True:
+                await readable.wait()
+                readable.clear()
+                connection.poll()
+                while connection.notifies:
+                    self._dispatch(connection.notifies.pop(0))
+        finally:
+            loop.remove_reader(connection.fileno())
+
+    def _dispatch(self, notice: psycopg2.extensions.Notify) -> None:
+        if notice.channel == "ticketing_event":
+            self._hub.event_changed(int(notice.payload))
+        else:
+            reservation_id, _, customer_id = notice.payload.partition(":")
+            self._hub.reservation_changed(int(reservation_id), customer_id)

@@ -1,0 +1,120 @@
+"""GraphQL over WebSocket on /graphql: subscriptions, with the same tokens and limits as HTTP.
+
+Strawberry speaks the protocols (graphql-transport-ws, and the older graphql-ws); this module
+authenticates the connection, applies the origin allow-list and the per-process connection
+limit, and gives each connection a context with the process's live hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.types.unset import UnsetType
+
+from ticketing.api.context import Context
+from ticketing.auth import AuthenticationError, TokenRules, authenticate
+from ticketing.db import Database
+from ticketing.live.hub import Hub
+from ticketing.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# How long a client has after connecting to send `connection_init`.
+CONNECTION_INIT_TIMEOUT = timedelta(seconds=10)
+MAX_SUBSCRIPTIONS_PER_CONNECTION = 100
+# The close code for "too many connections, come back later" (RFC 6455's 1013).
+TRY_AGAIN_LATER = 1013
+
+
+@dataclass
+class WebSocketContext(Context):
+    # The upgrade request's Authorization header, used when `connection_init` brings none.
+    upgrade_authorization: str | None = None
+
+
+class GraphQLWebSocket(GraphQL[WebSocketContext, None]):
+    def __init__(
+        self,
+        schema: Any,
+        db: Database,
+        hub: Hub,
+        settings: Settings,
+        allowed_origins: Sequence[str],
+        *,
+        local_origins: str | None,
+    ) -> None:
+        """`allowed_origins` and `local_origins` (a pattern): the pages that may connect,
+        as for CORS. Clients that send no Origin (not browsers) and same-origin pages may."""
+        super().__init__(
+            schema,
+            graphql_ide=None,
+            connection_init_wait_timeout=CONNECTION_INIT_TIMEOUT,
+            max_subscriptions_per_connection=MAX_SUBSCRIPTIONS_PER_CONNECTION,
+            allowed_origins=allowed_origins,
+        )
+        self.db, self.hub, self.settings = db, hub, settings
+        self.local_origins = re.compile(local_origins) if local_origins else None
+        self.token_rules = TokenRules.from_settings(settings)
+        self.open = 0  # connections of this process (one event loop: no lock needed)
+        self.closing: set[asyncio.Future[None]] = set()  # slow subscribers being dropped
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.open >= self.settings.max_websocket_connections:
+            logger.warning("WebSocket refused: %d connections open", self.open)
+            await WebSocket(scope, receive, send).close(code=TRY_AGAIN_LATER)
+            return
+        self.open += 1
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.open -= 1
+
+    def is_websocket_origin_allowed(self, request: WebSocket, origin: str) -> bool:
+        if self.local_origins is not None and self.local_origins.fullmatch(origin):
+            return True
+        return super().is_websocket_origin_allowed(request, origin)
+
+    async def get_context(self, request: Any, response: Any) -> WebSocketContext:
+        websocket: WebSocket = request
+
+        def drop() -> None:
+            logger.info("Dropping a WebSocket subscriber that stopped reading")
+            closing = asyncio.ensure_future(websocket.close(code=4408, reason="Too slow to read"))
+            self.closing.add(closing)
+            closing.add_done_callback(self.closing.discard)
+
+        return WebSocketContext(
+            db=self.db,
+            viewer=None,
+            request_id=websocket.headers.get("x-request-id") or uuid.uuid4().hex,
+            hub=self.hub,
+            drop_connection=drop,
+            upgrade_authorization=websocket.headers.get("authorization"),
+        )
+
+    async def on_ws_connect(self, context: WebSocketContext) -> UnsetType:
+        """The token in `connection_init`'s payload, else the upgrade request's header, with
+        the same rules as HTTP: a bad one closes the connection (4403), never anonymous."""
+        params = context.connection_params or {}
+        given = params.get("Authorization", params.get("authorization"))
+        if given is None:
+            given = context.upgrade_authorization
+        if given is not None and not isinstance(given, str):
+            raise ConnectionRejectionError()
+        try:
+            context.viewer = authenticate(given, self.token_rules)
+        except AuthenticationError as error:
+            logger.info("WebSocket refused: %s", error)
+            raise ConnectionRejectionError() from error
+        return UnsetType()  # a plain connection_ack
