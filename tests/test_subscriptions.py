@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from tests.conftest import auth, data, gql, insert_event, token
+from tests.conftest import DatabaseClock, auth, data, gql, insert_event, token
 from ticketing.api.ids import to_global_id
 from ticketing.settings import Settings
 
@@ -167,3 +168,39 @@ def test_subscription_documents_meet_the_same_limits(client: TestClient) -> None
         message = ws.receive_json()
     assert message["type"] == "error", message
     assert message["payload"][0]["extensions"]["code"] == "QUERY_LIMIT_EXCEEDED"
+
+
+def test_joining_the_waitlist_shows_in_the_events_length(
+    client: TestClient, engine: Engine
+) -> None:
+    event_id = insert_event(engine, capacity=1)
+    reserve(client, event_id, 1, "holder")
+    with connected(client) as ws:
+        subscribe(
+            ws,
+            "subscription($id: ID!) { eventChanged(id: $id) { waitlistLength } }",
+            {"id": event_id},
+        )
+        assert next_data(ws)["eventChanged"] == {"waitlistLength": 0}
+        joined = data(
+            client,
+            "mutation($input: JoinWaitlistInput!) { joinWaitlist(input: $input) { __typename } }",
+            {"input": {"eventId": event_id, "quantity": 1}},
+            headers=auth("bob"),
+        )
+        assert joined["joinWaitlist"]["__typename"] == "WaitlistPayload"
+        assert next_data(ws)["eventChanged"] == {"waitlistLength": 1}
+
+
+def test_a_hold_that_runs_out_is_told_to_its_customer(
+    client: TestClient, engine: Engine, database_clock: DatabaseClock
+) -> None:
+    event_id = insert_event(engine, capacity=3, hold_minutes=1)
+    with connected(client, {"Authorization": f"Bearer {token('alice')}"}) as ws:
+        subscribe(ws, MY_RESERVATIONS)
+        held = reserve(client, event_id, 2, "alice")
+        assert next_data(ws)["myReservationChanged"]["status"] == "HELD"
+        database_clock.advance(timedelta(minutes=1))
+        # The sweeper releases it; its customer hears at once.
+        expired = next_data(ws)["myReservationChanged"]
+        assert (expired["id"], expired["status"]) == (held, "EXPIRED")

@@ -30,6 +30,15 @@ def upgrade() -> None:
         CREATE TRIGGER event_announced AFTER UPDATE ON event FOR EACH ROW
             WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION announce_event_change();
 
+        -- An event's waitlist length is part of what its watchers see.
+        CREATE FUNCTION announce_waitlist_change() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('ticketing_event', NEW.event_id::text);
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER waitlist_announced AFTER INSERT OR UPDATE OF status ON waitlist_entry
+            FOR EACH ROW EXECUTE FUNCTION announce_waitlist_change();
+
         CREATE FUNCTION announce_reservation_change() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             PERFORM pg_notify('ticketing_reservation', NEW.id::text || ':' || NEW.customer_id);
@@ -46,6 +55,8 @@ def downgrade() -> None:
         """
         DROP TRIGGER reservation_announced ON reservation;
         DROP FUNCTION announce_reservation_change();
+        DROP TRIGGER waitlist_announced ON waitlist_entry;
+        DROP FUNCTION announce_waitlist_change();
         DROP TRIGGER event_announced ON event;
         DROP FUNCTION announce_event_change();
         """

@@ -150,6 +150,10 @@ class Hub:
                 self._last_read["event", key] = now
             for customer in taken:
                 self._last_read["customer", customer] = now
+        # A key last read longer ago than the interval is due anyway: forget it.
+        for key, read_at in list(self._last_read.items()):
+            if read_at + MIN_INTERVAL_S <= now:
+                del self._last_read[key]
         pending = [("event", key) for key in self._dirty_events] + [
             ("customer", key) for key in self._dirty_reservations
         ]
