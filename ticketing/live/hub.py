@@ -151,9 +151,9 @@ class Hub:
             for customer in taken:
                 self._last_read["customer", customer] = now
         # A key last read longer ago than the interval is due anyway: forget it.
-        for key, read_at in list(self._last_read.items()):
+        for read, read_at in list(self._last_read.items()):
             if read_at + MIN_INTERVAL_S <= now:
-                del self._last_read[key]
+                del self._last_read[read]
         pending = [("event", key) for key in self._dirty_events] + [
             ("customer", key) for key in self._dirty_reservations
         ]
