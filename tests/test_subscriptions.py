@@ -189,7 +189,11 @@ def test_joining_the_waitlist_shows_in_the_events_length(
             headers=auth("bob"),
         )
         assert joined["joinWaitlist"]["__typename"] == "WaitlistPayload"
-        assert next_data(ws)["eventChanged"] == {"waitlistLength": 1}
+        # The holder's reservation, made just before subscribing, may still be announced.
+        lengths = [next_data(ws)["eventChanged"]["waitlistLength"]]
+        if lengths[-1] == 0:
+            lengths.append(next_data(ws)["eventChanged"]["waitlistLength"])
+        assert lengths[-1] == 1
 
 
 def test_a_hold_that_runs_out_is_told_to_its_customer(
