@@ -12,6 +12,7 @@ from pathlib import Path
 from tests.conftest import JWT_SECRET, token
 from tests.node import locked, node_and_npm, npm_ci
 from tests.servers import serve
+from ticketing.api.schema import build_schema, possible_types
 
 CLIENT_DIR = Path(__file__).parent.parent / "examples" / "client"
 BIN = CLIENT_DIR / "node_modules" / ".bin"
@@ -34,6 +35,7 @@ def test_typescript_client_compiles_strictly_and_runs_the_whole_flow(
     with serve(env, log_dir=tmp_path) as running, locked(CLIENT_DIR):
         # Generated from schema.graphql on every run (and not committed), so it can't drift.
         run([node, str(BIN / "graphql-codegen"), "--config", "codegen.ts", "--silent"])
+        generated = (CLIENT_DIR / "src" / "gql" / "possible-types.ts").read_text(encoding="utf-8")
         run([node, str(BIN / "tsc"), "--strict", "--noEmit", "-p", "."])
         flow = run(
             [node, str(BIN / "tsx"), "src/flow.ts"],
@@ -47,3 +49,7 @@ def test_typescript_client_compiles_strictly_and_runs_the_whole_flow(
     summary = json.loads(flow.stdout.strip().splitlines()[-1])
     assert summary["ok"] is True
     assert "tickets" in summary["refusal"], summary
+    # What `ticketing export-schema --possible-types` serves is what codegen generates.
+    literal = generated.split("const result: PossibleTypesResultData = ", 1)[1]
+    literal = literal.split(";", 1)[0]
+    assert json.loads(literal) == {"possibleTypes": possible_types(build_schema())}
