@@ -23,20 +23,25 @@ const CreateEvent = graphql(`
   }
 `);
 
+// What every reservation mutation reads back on success.
+graphql(`
+  fragment Booked on ReservationPayload {
+    reservation {
+      id
+      quantity
+      status
+    }
+    event {
+      id
+      ticketsAvailable
+    }
+  }
+`);
+
 const CreateReservation = graphql(`
   mutation CreateReservation($input: CreateReservationInput!) {
     createReservation(input: $input) {
-      ... on ReservationPayload {
-        reservation {
-          id
-          quantity
-          status
-        }
-        event {
-          id
-          ticketsAvailable
-        }
-      }
+      ...Booked
       ... on Error {
         message
       }
@@ -47,17 +52,7 @@ const CreateReservation = graphql(`
 const UpdateReservation = graphql(`
   mutation UpdateReservation($input: UpdateReservationInput!) {
     updateReservation(input: $input) {
-      ... on ReservationPayload {
-        reservation {
-          id
-          quantity
-          status
-        }
-        event {
-          id
-          ticketsAvailable
-        }
-      }
+      ...Booked
       ... on Error {
         message
       }
@@ -72,17 +67,7 @@ const UpdateReservation = graphql(`
 const CancelReservation = graphql(`
   mutation CancelReservation($input: CancelReservationInput!) {
     cancelReservation(input: $input) {
-      ... on ReservationPayload {
-        reservation {
-          id
-          status
-          cancelledAt
-        }
-        event {
-          id
-          ticketsAvailable
-        }
-      }
+      ...Booked
       ... on Error {
         message
       }
