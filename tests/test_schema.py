@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from graphql import (
     GraphQLEnumType,
     GraphQLInputObjectType,
@@ -30,6 +32,30 @@ def test_export_schema_command_writes_the_sdl(tmp_path: object, capsys: object) 
     target = Path(str(tmp_path)) / "out.graphql"
     assert main(["export-schema", str(target)]) == 0
     assert target.read_text(encoding="utf-8") == schema.as_str() + "\n"
+
+
+def test_export_schema_possible_types_lists_every_union_and_interface_member(
+    tmp_path: object,
+) -> None:
+    from pathlib import Path
+
+    target = Path(str(tmp_path)) / "possible-types.json"
+    assert main(["export-schema", "--possible-types", str(target)]) == 0
+    possible = json.loads(target.read_text(encoding="utf-8"))["possibleTypes"]
+    core = schema._schema
+    abstract = [
+        name
+        for name, graphql_type in core.type_map.items()
+        if isinstance(graphql_type, GraphQLUnionType | GraphQLInterfaceType)
+        and not name.startswith("__")
+    ]
+    assert sorted(possible) == sorted(abstract)
+    assert possible["Node"] == ["Event", "Reservation", "WaitlistEntry"]
+    assert "NotEnoughTickets" in possible["Error"]
+    assert "ReservationPayload" not in possible["Error"]
+    union = core.type_map["CreateReservationResult"]
+    assert isinstance(union, GraphQLUnionType)
+    assert possible["CreateReservationResult"] == sorted(member.name for member in union.types)
 
 
 def test_every_type_field_argument_and_enum_value_is_described() -> None:

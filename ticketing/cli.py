@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -54,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export-schema", help="write the GraphQL schema (SDL)")
     export.add_argument("path", nargs="?", default="schema.graphql", help="'-' for stdout")
+    export.add_argument(
+        "--possible-types",
+        action="store_true",
+        help="write each union's and interface's member types as JSON instead (Apollo Client's "
+        "possibleTypes)",
+    )
     export.set_defaults(run=_export_schema)
 
     token = commands.add_parser("token", help="mint a bearer token for local use")
@@ -171,13 +178,18 @@ def _load_demo_events(url: str) -> int:
 
 
 def _export_schema(args: argparse.Namespace) -> int:
-    from ticketing.api.schema import build_schema  # imported here: keeps other commands light
+    # Imported here: keeps other commands light.
+    from ticketing.api.schema import build_schema, possible_types
 
-    sdl = build_schema().as_str() + "\n"
-    if args.path == "-":
-        sys.stdout.write(sdl)
+    schema = build_schema()
+    if args.possible_types:
+        text = json.dumps({"possibleTypes": possible_types(schema)}, indent=2) + "\n"
     else:
-        Path(args.path).write_text(sdl, encoding="utf-8")
+        text = schema.as_str() + "\n"
+    if args.path == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.path).write_text(text, encoding="utf-8")
         print(f"Wrote {args.path}")
     return 0
 

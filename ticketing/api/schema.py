@@ -7,7 +7,12 @@ from collections.abc import Callable, Iterator
 from functools import cache
 
 import strawberry
-from graphql import GraphQLError, OperationDefinitionNode
+from graphql import (
+    GraphQLError,
+    GraphQLInterfaceType,
+    GraphQLUnionType,
+    OperationDefinitionNode,
+)
 from strawberry.extensions import MaskErrors, MaxTokensLimiter, ParserCache, SchemaExtension
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.name_converter import NameConverter
@@ -183,3 +188,15 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         config=StrawberryConfig(name_converter=MemoizedNameConverter()),
         extensions=extensions,
     )
+
+
+def possible_types(schema: strawberry.Schema) -> dict[str, list[str]]:
+    """Each union's and interface's object types: what a client cache (Apollo Client's
+    `possibleTypes`) needs to match `... on Error` against a mutation's refusal."""
+    core = schema._schema
+    return {
+        name: sorted(member.name for member in core.get_possible_types(abstract))
+        for name, abstract in sorted(core.type_map.items())
+        if isinstance(abstract, GraphQLInterfaceType | GraphQLUnionType)
+        and not name.startswith("__")
+    }
