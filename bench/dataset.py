@@ -16,6 +16,7 @@ from ticketing.auth import mint_token
 from ticketing.domain import clock
 
 EVENTS = 1000
+HOT_EVENT = 1  # the hot sale's
 HOT_EVENT_CAPACITY = 10_000_000
 EVENT_CAPACITY = 5000
 TICKET_LIMIT = 10  # per customer and event, on every event

@@ -3,7 +3,8 @@
 Prepares a database (an embedded PostgreSQL in bench/.work unless BENCH_DATABASE_URL names a
 database it may wipe), starts the service as in production (a worker per core, GraphiQL off),
 runs each scenario with wrk, checks the inventory invariant and every answer after each one,
-lets 10,000 holds run out at once beside a hot sale (the expiry storms), measures the
+runs the hot sale watched by 1,000 WebSocket subscribers (bench/live.py), lets 10,000 holds
+run out at once beside a hot sale (the expiry storms), measures the
 database's and the HTTP stack's ceilings and the GraphQL floor in the same run, and prints a
 markdown table of medians, also written to bench/results/.
 """
@@ -33,9 +34,10 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from bench import dataset, graphql_floor, reservation_sql
+from bench import dataset, graphql_floor, live, reservation_sql
 from bench.stats import percentile
 from ticketing import migrations
+from ticketing.api.ids import to_global_id
 from ticketing.db import create_db_engine
 from ticketing.domain.audit import hold_mismatches, inventory_mismatches
 from ticketing.embedded import start_embedded_postgres
@@ -132,6 +134,16 @@ class StormMeasured:
     during: list[Run] = field(default_factory=list)  # the hot sale beside it
 
 
+@dataclass
+class WatchedMeasured:
+    """The hot sale without subscribers, then with them, in the same run."""
+
+    without: list[Run] = field(default_factory=list)
+    during: list[Run] = field(default_factory=list)
+    figures: list[live.Figures] = field(default_factory=list)
+    client_cores: list[float] = field(default_factory=list)  # the subscribers' process's CPU
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per scenario (median)")
@@ -144,6 +156,7 @@ def main() -> int:
     chosen = args.only.split(",") if args.only else None
     scenarios = [s for s in SCENARIOS if not chosen or s.name in chosen]
     storms = [s for s in STORMS if not chosen or s.name in chosen]
+    watched = WatchedMeasured() if not chosen or live.NAME in chosen else None
 
     wrk = _require_wrk()
     WORK.mkdir(exist_ok=True)
@@ -179,6 +192,8 @@ def main() -> int:
                 if scenario is HOLD_SALE:
                     failures += _check_hold_sale(engine)
                 measured[scenario.name].runs.append(run)
+            if watched is not None:
+                failures += _watched_run(wrk, watched, service, engine, args.duration)
             for row in storm_rows:
                 _storm_run(wrk, row, service, engine)
                 failures += _check(row.storm.name, row.during[-1], engine)
@@ -201,7 +216,7 @@ def main() -> int:
     for _ in range(args.runs):
         measured[GRAPHQL_FLOOR_NAME].runs.append(_graphql_floor_run(args.duration))
 
-    report = _report(measured, storm_rows, args, engine, soak_growth, failures)
+    report = _report(measured, watched, storm_rows, args, engine, soak_growth, failures)
     print(report)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{datetime.now(UTC):%Y-%m-%dT%H%M}.md"
@@ -469,6 +484,42 @@ def _check_hold_sale(engine: Engine) -> list[str]:
     return [f"hold sale: {lost} reservations neither HELD nor ACTIVE"] if lost else []
 
 
+def _watched_run(
+    wrk: str, row: WatchedMeasured, service: Server, engine: Engine, seconds: int
+) -> list[str]:
+    """The hot sale, then the same with subscribers to its event (connected and warmed up
+    first), both with the commit log on; what the subscribers received."""
+    print(f"  {live.NAME}:", flush=True)
+    dataset.load(engine)
+    url = f"ws://127.0.0.1:{service.port}/graphql"
+    event_id = to_global_id("Event", dataset.HOT_EVENT)
+    with live.commit_log(engine, dataset.HOT_EVENT):
+        row.without.append(_wrk_run(wrk, HOT_SALE, service, seconds))
+        with live.Subscribers(url, event_id, WORK / "subscribers.json") as subscribers:
+            _wrk(wrk, HOT_SALE, service.port, WARM_UP_S)
+            cpu_before, start = _cpu_s(subscribers.pid), time.time()
+            row.during.append(_wrk_run(wrk, HOT_SALE, service, seconds, warm_up=False))
+            end = time.time()
+            row.client_cores.append((_cpu_s(subscribers.pid) - cpu_before) / (end - start))
+            subscribers.finish(live.settled_value(engine, dataset.HOT_EVENT))
+        commits = live.commit_times(engine)
+    figures = live.analyse(subscribers.received, commits, start, end)
+    row.figures.append(figures)
+    print(f"  {figures}, subscribers' client {row.client_cores[-1]:.2f} cores", flush=True)
+    failures = _check(f"{live.NAME} (before them)", row.without[-1], engine)
+    failures += _check(live.NAME, row.during[-1], engine)
+    if subscribers.errors:
+        failures.append(
+            f"{live.NAME}: {len(subscribers.errors)} subscriber errors, the first:"
+            f" {subscribers.errors[0]}"
+        )
+    if figures.behind:
+        failures.append(f"{live.NAME}: {figures.behind} subscribers not on the last value")
+    if figures.unstamped:
+        failures.append(f"{live.NAME}: {figures.unstamped} messages of no logged commit")
+    return failures
+
+
 def _storm_run(wrk: str, row: StormMeasured, service: Server, engine: Engine) -> None:
     """The hot sale without a storm, then beside one, and how long after running out the
     holds were all released."""
@@ -636,6 +687,7 @@ def _soak(wrk: str, service: Server, seconds: int) -> float:
 
 def _report(
     measured: dict[str, Measured],
+    watched: WatchedMeasured | None,
     storm_rows: list[StormMeasured],
     args: argparse.Namespace,
     engine: Engine,
@@ -688,6 +740,8 @@ def _report(
             "confirmed/s; each hold is two requests (createReservation, then "
             "confirmReservation), both counted above.",
         ]
+    if watched is not None:
+        lines += _watched_report(watched)
     if storm_rows:
         lines += _storm_report(storm_rows)
     if soak_growth is not None:
@@ -698,6 +752,44 @@ def _report(
         ]
     lines += ["", "Failures: " + ("; ".join(failures) if failures else "none")]
     return "\n".join(lines) + "\n"
+
+
+def _watched_report(row: WatchedMeasured) -> list[str]:
+    without = Measured(live.NAME, HOT_SALE.connections, row.without)
+    during = Measured(live.NAME, HOT_SALE.connections, row.during)
+    rate, rate_with = without.median("requests_per_s"), during.median("requests_per_s")
+    p99, p99_with = without.median("p99_ms"), during.median("p99_ms")
+
+    def figure(name: str) -> float:
+        return float(statistics.median(getattr(figures, name) for figures in row.figures))
+
+    return [
+        "",
+        f"Hot sale with {live.SUBSCRIPTIONS:,} subscribers: `eventChanged` on the hot event over "
+        f"{live.CONNECTIONS:,} WebSocket connections (graphql-transport-ws, permessage-deflate "
+        "as browsers ask) from one asyncio process on this machine (bench/subscribers.py), "
+        "connected before the hot sale's warm-up; against the same hot sale without them just "
+        "before (medians). Commit to subscriber: from a commit until a subscriber holds that "
+        "value or a newer one (every subscriber, evenly spaced commits; it includes the 100 ms "
+        "coalescing); message delay: from the commit of the value a message carries to its "
+        "arrival. Commits are stamped in the database by a deferred trigger (bench/live.py).",
+        "",
+        "| hot sale requests/s without / with | ratio | p99 ms without / with | ratio "
+        "| server CPU ms/request without / with | messages/s delivered "
+        "| commit to subscriber p50 / p99 ms | message delay p50 / p99 ms "
+        "| subscriber client CPU cores | machine CPU busy with | peak RSS per worker MiB "
+        "without / with |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {rate:.0f} / {rate_with:.0f} | {rate_with / rate:.2f} "
+        f"| {p99:.1f} / {p99_with:.1f} | {p99_with / p99:.2f} "
+        f"| {without.median('cpu_ms_per_request'):.2f} / "
+        f"{during.median('cpu_ms_per_request'):.2f} | {figure('messages_per_s'):.0f} "
+        f"| {figure('shown_p50_ms'):.0f} / {figure('shown_p99_ms'):.0f} "
+        f"| {figure('delay_p50_ms'):.1f} / {figure('delay_p99_ms'):.1f} "
+        f"| {statistics.median(row.client_cores):.2f} | {during.median('machine_busy'):.0%} "
+        f"| {max(r.peak_rss_mib for r in row.without):.0f} / "
+        f"{max(r.peak_rss_mib for r in row.during):.0f} |",
+    ]
 
 
 def _storm_report(rows: list[StormMeasured]) -> list[str]:

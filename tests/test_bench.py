@@ -1,24 +1,27 @@
 """The benchmark's own parts, so that `make bench` doesn't rot between runs: its data keeps
 the invariant (expiry storms included), its database ceiling sends the reservation path's SQL,
-its GraphQL floor executes the document the my-reservations scenario sends, and the hold
-sale's script confirms each hold it makes."""
+its GraphQL floor executes the document the my-reservations scenario sends, the hold
+sale's script confirms each hold it makes, and its WebSocket subscribers receive a sale's
+changes, each matched to the commit that made it."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from bench import dataset, graphql_floor, reservation_sql
+from bench import dataset, graphql_floor, live, reservation_sql
 from bench.run import (
     HOLD_SALE,
     LUA,
@@ -29,7 +32,9 @@ from bench.run import (
     _wrk,
     pgbench_run,
 )
-from tests.conftest import invariant_violations
+from tests.conftest import JWT_SECRET, auth, gql, insert_event, invariant_violations
+from tests.servers import serve
+from ticketing.api.ids import key_of
 from ticketing.db import Database
 from ticketing.domain import expiry
 
@@ -161,3 +166,66 @@ def test_the_hold_sale_confirms_each_hold_it_makes_as_its_customer(
     # Every hold made is confirmed by its customer, but those still queued when wrk stopped.
     assert result["confirmed"] > 0
     assert 0 <= FakeSale.made - result["confirmed"] <= HOLD_SALE.connections
+
+
+RESERVE = """mutation($input: CreateReservationInput!) { createReservation(input: $input) {
+    __typename } }"""
+
+
+def test_the_subscribers_receive_a_sales_changes_each_matched_to_its_commit(
+    engine: Engine, database_url: str, tmp_path: Path
+) -> None:
+    event_id = insert_event(engine, capacity=100)
+    event_key = key_of(event_id, "Event")
+    assert event_key is not None
+    env = {"DATABASE_URL": database_url, "TICKETING_JWT_SECRET": JWT_SECRET}
+    with serve(env, log_dir=tmp_path) as server, live.commit_log(engine, event_key):
+        url = f"{server.url.replace('http', 'ws', 1)}/graphql"
+        subscribers = live.Subscribers(
+            url, event_id, tmp_path / "received.json", subscriptions=20, connections=5
+        )
+        with subscribers, httpx.Client(base_url=server.url) as http:
+            start = time.time()
+            for fan in range(30):
+                variables = {"input": {"eventId": event_id, "quantity": 1 + fan % 2}}
+                made = gql(http, RESERVE, variables, headers=auth(f"fan-{fan}"))["data"]
+                assert made == {"createReservation": {"__typename": "ReservationPayload"}}
+            end = time.time()
+            last = live.settled_value(engine, event_key)
+            subscribers.finish(last)
+        commits = live.commit_times(engine)
+    # 30 reservations of 1 or 2 tickets, each its own commit and value.
+    assert (last, len(commits), min(commits)) == (55, 30, 55)
+    assert subscribers.errors == []
+    assert len(subscribers.received) == 20
+    for received in subscribers.received:
+        values = [value for _, value in received]
+        assert (values[0], values[-1]) == (100, 55)  # the value at subscribing, the last
+        assert values == sorted(values, reverse=True)
+    figures = live.analyse(subscribers.received, commits, start, end)
+    assert (figures.behind, figures.unstamped) == (0, 0)
+    assert figures.messages_per_s > 0
+    assert 0 < figures.delay_p50_ms <= figures.delay_p99_ms
+    assert 0 < figures.shown_p50_ms <= figures.shown_p99_ms
+    with engine.connect() as connection:  # the trigger is gone with the measurement
+        assert not connection.scalar(
+            sa.text("SELECT count(*) FROM pg_trigger WHERE tgname = 'bench_commit_logged'")
+        )
+
+
+def test_the_commit_to_subscriber_delay_runs_until_the_value_or_a_newer_one_arrives() -> None:
+    # Commits of 9 at 10.0 s, 8 at 10.1 s and 7 at 10.2 s; a subscriber shown 8 at 10.15 s,
+    # then 7 at 10.5 s; another never shown anything newer than 9.
+    commits = {9: 10.0, 8: 10.1, 7: 10.2}
+    received = [[(10.15, 8), (10.5, 7)], [(9.0, 10), (10.05, 9)]]
+    figures = live.analyse(received, commits, start=10.0, end=11.0)
+    assert figures.messages_per_s == 3  # those in the window
+    assert figures.behind == 1
+    assert figures.unstamped == 0
+    # Message delays: 0.05 (8), 0.3 (7), 0.05 (9); the nearest-rank percentiles.
+    assert round(figures.delay_p50_ms) == 50
+    assert round(figures.delay_p99_ms) == 300
+    # Shown: 9 after 0.15 s, 8 after 0.05 s, 7 after 0.3 s to the first; 9 after 0.05 s to
+    # the second (8 and 7 never reached it).
+    assert round(figures.shown_p50_ms) == 50
+    assert round(figures.shown_p99_ms) == 300

@@ -166,11 +166,34 @@ def test_graphiql_runs_queries_with_a_pasted_token_without_the_internet(
         "Failed to load resource: the server responded with a status of 401 (Unauthorized)"
     ]
 
-    # Subscriptions go over WebSocket (graphql-ws) to the same URL; the server has none yet.
-    replace_text(page, ".graphiql-query-editor", "subscription Later { x }")
+    assert offline.outside == []
+
+
+def test_graphiql_runs_a_subscription_that_shows_each_change(
+    server: RunningServer, engine: Engine, offline: Offline
+) -> None:
+    event_id = insert_event(engine, name="Live Jazz Night", capacity=10)
+    page = offline.page
+    response = page.locator(".graphiql-response")
+    page.goto(f"{server.url}/graphql")
+    replace_text(
+        page,
+        ".graphiql-query-editor",
+        f'subscription {{ eventChanged(id: "{event_id}") {{ name ticketsAvailable }} }}',
+    )
     # GraphiQL learns the operation's kind in a debounced handler that also stores the text.
     page.wait_for_function("() => localStorage['graphiql:query']?.startsWith('subscription')")
     with page.expect_websocket() as socket:
         run(page)
+    # Over WebSocket (graphql-ws) to the same URL.
     assert socket.value.url == f"{server.url.replace('http', 'ws', 1)}/graphql"
+    expect(response).to_contain_text('"ticketsAvailable": 10')
+    expect(response).to_contain_text("Live Jazz Night")
+
+    with httpx.Client(base_url=server.url) as http:
+        assert gql(http, RESERVE, {"id": event_id}, headers=auth("alice"))["data"] == {
+            "createReservation": {"__typename": "ReservationPayload"}
+        }
+    expect(response).to_contain_text('"ticketsAvailable": 7')
+    assert offline.errors == []
     assert offline.outside == []
