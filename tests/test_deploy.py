@@ -110,6 +110,10 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck_and_no_dev_extra() -> No
     for wanted in extras:
         assert not {"dev", "embedded"} & {e.strip() for e in wanted.split(",")}, runs
     assert "requirements-dev" not in runs
+    # The runtime lock, hashes checked; then the package alone (the lock holds its dependencies).
+    assert "--require-hashes -r requirements/lock.txt" in runs
+    assert "dev-lock" not in runs
+    assert "pip install --no-cache-dir --no-deps ." in runs
 
 
 def test_the_image_runs_the_installed_package_without_the_source_tree() -> None:
