@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.conftest import auth, data, insert_event, make_settings
+from tests.helpers import auth, data, insert_event, make_settings
 from ticketing.answer_cache import Answer, AnswerCache
 from ticketing.api.ids import key_of
 from ticketing.app import create_app

@@ -16,7 +16,7 @@ from jwt.warnings import InsecureKeyLengthWarning
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.conftest import (
+from tests.helpers import (
     JWT_SECRET,
     ORGANIZER,
     auth,

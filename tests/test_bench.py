@@ -29,7 +29,7 @@ from bench.run import (
     _wrk,
     pgbench_run,
 )
-from tests.conftest import invariant_violations
+from tests.helpers import invariant_violations
 from ticketing.db import Database
 from ticketing.domain import expiry
 

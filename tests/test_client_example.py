@@ -9,7 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.conftest import JWT_SECRET, token
+from tests.helpers import JWT_SECRET, token
 from tests.node import locked, node_and_npm, npm_ci
 from tests.servers import serve
 from ticketing.api.schema import build_schema, possible_types

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.conftest import (
+from tests.helpers import (
     JWT_SECRET,
     ORGANIZER,
     auth,

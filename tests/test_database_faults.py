@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from starlette.testclient import TestClient
 
-from tests.conftest import (
+from tests.helpers import (
     JWT_SECRET,
     auth,
     gql,

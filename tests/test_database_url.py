@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from pydantic import ValidationError
 
-from tests.conftest import Databases
+from tests.helpers import Databases
 from ticketing.db import create_db_engine
 from ticketing.settings import DATABASE_URL_FORM, Settings, postgresql_url, problems
 

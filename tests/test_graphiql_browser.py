@@ -24,7 +24,7 @@ from playwright.sync_api import (
 )
 from sqlalchemy.engine import Engine
 
-from tests.conftest import JWT_SECRET, auth, gql, insert_event
+from tests.helpers import JWT_SECRET, auth, gql, insert_event
 from tests.servers import RunningServer, serve
 
 CHROMIUM = shutil.which("chromium")

@@ -7,7 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.conftest import JWT_SECRET
+from tests.helpers import JWT_SECRET
 from tests.node import node_and_npm, npm_ci
 from tests.servers import serve
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.conftest import auth, data, insert_event, make_settings, snapshot
+from tests.helpers import auth, data, insert_event, make_settings, snapshot
 from ticketing.app import create_app
 from ticketing.persisted_queries import PersistedQueries, PersistedQueryNotFound
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import JWT_SECRET
+from tests.helpers import JWT_SECRET
 from tests.servers import RunningServer, serve
 
 HEADER_TIMEOUT_S = 1.0

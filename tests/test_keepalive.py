@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import JWT_SECRET
+from tests.helpers import JWT_SECRET
 from tests.servers import RunningServer, serve
 from tests.test_http_hardening import connect, read_answer
 

@@ -26,7 +26,7 @@ from tests.adversarial_documents import (
     same_short_list_flood,
     token_count,
 )
-from tests.conftest import JWT_SECRET, ORGANIZER, auth, gql, insert_event, make_settings
+from tests.helpers import JWT_SECRET, ORGANIZER, auth, gql, insert_event, make_settings
 from ticketing.api.limits import PAGINATED_FIELDS, DocumentLimits
 from ticketing.api.schema import build_schema
 from ticketing.api.validation import DOCUMENT_CACHE_SIZE, ValidateWithinLimits, validator_for

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from tests.conftest import Databases
+from tests.helpers import Databases
 from ticketing import migrations
 from ticketing.db import create_db_engine
 from ticketing.domain.models import SQLModel

@@ -11,7 +11,7 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.conftest import JWT_SECRET, auth, insert_event, invariant_violations, lock_event_row
+from tests.helpers import JWT_SECRET, auth, insert_event, invariant_violations, lock_event_row
 from tests.servers import serve
 
 RESERVE = """mutation($id: ID!) { createReservation(input: {eventId: $id, quantity: 2}) {

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from tests.conftest import DatabaseClock, auth, data, gql, insert_event, token
+from tests.helpers import DatabaseClock, auth, data, gql, insert_event, token
 from ticketing.api.ids import to_global_id
 from ticketing.settings import Settings
 

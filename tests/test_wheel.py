@@ -8,7 +8,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from tests.conftest import Databases
+from tests.helpers import Databases
 from tests.packaging import build_wheel
 from ticketing import migrations
 from ticketing.db import create_db_engine
