@@ -34,6 +34,11 @@ serve: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/pytest
 
+# The in-process tests only (no server processes, private PostgreSQL servers or external tools):
+# the inner loop while working; `make test` is what CI runs.
+test-fast: $(INSTALLED)
+	$(BIN)/pytest -m "not slow"
+
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -74,6 +74,7 @@ def test_a_storms_holds_keep_the_invariant_and_are_timed_until_all_are_released(
     assert invariant_violations(engine) == []
 
 
+@pytest.mark.slow
 def test_the_database_ceiling_runs_the_reservation_sql(
     engine: Engine, database_url: str, tmp_path: Path
 ) -> None:

@@ -267,6 +267,9 @@ from ticketing.db import Database, create_db_engine
 from ticketing.domain import booking
 from ticketing.domain.actors import Actor
 
+# Starts server processes or external tools: `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 engine = create_db_engine(sys.argv[1], pool_size=40)
 db = Database(engine, max_threads=40)
 start = threading.Barrier(40)

@@ -53,6 +53,7 @@ def _instructions() -> list[tuple[str, str]]:
     return found
 
 
+@pytest.mark.slow
 def test_dockerfile_passes_hadolint() -> None:
     result = _run(_tool("hadolint"), "--no-color", "--failure-threshold", "style", "Dockerfile")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -60,6 +61,7 @@ def test_dockerfile_passes_hadolint() -> None:
     assert result.stderr.strip() == ""
 
 
+@pytest.mark.slow
 def test_compose_file_matches_the_compose_spec() -> None:
     result = _run(
         _tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml"

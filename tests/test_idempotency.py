@@ -62,6 +62,7 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield running
 
 
+@pytest.mark.slow
 def test_twenty_concurrent_retries_create_one_reservation(
     server: RunningServer, engine: Engine
 ) -> None:

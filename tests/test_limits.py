@@ -147,6 +147,7 @@ def test_production_refuses_a_missing_or_weak_secret(secret: str | None) -> None
         Settings(env="production", database_url="postgresql://x/y", **given)
 
 
+@pytest.mark.slow
 def test_serve_in_production_without_a_secret_exits_with_the_reason() -> None:
     env = {
         "PATH": "/usr/bin:/bin",

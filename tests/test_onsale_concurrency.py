@@ -40,6 +40,9 @@ from tests.helpers import (
 from tests.servers import serve
 from ticketing.api.ids import key_of
 
+# Starts server processes or external tools: `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 CLIENTS = 60
 CUSTOMERS = 24  # two or three clients share each customer: they race on the customer's limit
 ROUNDS = 10
