@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
+from tests.graphql_documents import create_reservation
 from tests.helpers import (
     ORGANIZER,
     DatabaseClock,
@@ -47,8 +48,7 @@ RESULT = f"""
 """
 LIMITS = "... on CustomerLimitReached { limit held } ... on NotEnoughTickets { available }"
 EXPIRED = "... on HoldExpired { expiredAt }"
-CREATE = f"""mutation($input: CreateReservationInput!) {{
-    createReservation(input: $input) {{ {RESULT} {LIMITS} }} }}"""
+CREATE = create_reservation(f"{RESULT} {LIMITS}")
 CONFIRM = f"""mutation($input: ConfirmReservationInput!) {{
     confirmReservation(input: $input) {{ {RESULT} {EXPIRED} }} }}"""
 UPDATE = f"""mutation($input: UpdateReservationInput!) {{

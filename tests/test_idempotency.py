@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
+from tests.graphql_documents import create_reservation
 from tests.helpers import (
     JWT_SECRET,
     ORGANIZER,
@@ -30,8 +31,7 @@ from ticketing.app import create_app
 
 RESULT = """__typename ... on ReservationPayload { reservation { id quantity status updatedAt }
     event { ticketsAvailable } } ... on Error { message }"""
-CREATE = f"""mutation($input: CreateReservationInput!) {{
-    createReservation(input: $input) {{ {RESULT} }} }}"""
+CREATE = create_reservation(RESULT)
 UPDATE = f"""mutation($input: UpdateReservationInput!) {{
     updateReservation(input: $input) {{ {RESULT} }} }}"""
 
