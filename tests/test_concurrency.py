@@ -29,6 +29,9 @@ from tests.helpers import (
 from tests.servers import RunningServer, client_limits, serve
 from ticketing.api.ids import key_of
 
+# Starts server processes or external tools: `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 CLIENTS = 60
 CUSTOMERS = 20  # three clients share each customer, so they race on the customer's limit
 ROUNDS = 8
@@ -266,9 +269,6 @@ import sys, threading
 from ticketing.db import Database, create_db_engine
 from ticketing.domain import booking
 from ticketing.domain.actors import Actor
-
-# Starts server processes or external tools: `make test-fast` leaves it out.
-pytestmark = pytest.mark.slow
 
 engine = create_db_engine(sys.argv[1], pool_size=40)
 db = Database(engine, max_threads=40)
