@@ -4,16 +4,28 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install serve test lint schema bench
+.PHONY: install lock serve test test-fast lint schema bench
 
 install: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml setup.py
+# The dependencies come from the lock file, each checked against its hash; then the project
+# itself, whose own dependencies the lock already holds.
+$(INSTALLED): pyproject.toml setup.py requirements/dev-lock.txt
 	@echo "Creating the virtual environment in $(VENV) and installing the dependencies (first time only, a minute or two)..."
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev-lock.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(INSTALLED)
+
+# Rewrite the lock files from pyproject.toml, keeping every pin that still fits; `make lock
+# UPGRADE=1` takes the newest releases allowed. The runtime lock (the Docker image's) constrains
+# the dev lock, so both pin the same versions.
+LOCK := $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --python-version 3.11 \
+	--python-platform linux --custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
+lock: $(INSTALLED)
+	$(LOCK) -o requirements/lock.txt
+	$(LOCK) --extra dev -c requirements/lock.txt -o requirements/dev-lock.txt
 
 # Another port: make serve PORT=8001
 serve: $(INSTALLED)
@@ -21,6 +33,11 @@ serve: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/pytest
+
+# The in-process tests only (no server processes, private PostgreSQL servers or external tools):
+# the inner loop while working; `make test` is what CI runs.
+test-fast: $(INSTALLED)
+	$(BIN)/pytest -m "not slow"
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -1,31 +1,21 @@
 """Fixtures: a real PostgreSQL (TEST_DATABASE_URL, or an embedded server in a temporary
-directory), a migrated database per test session, and an HTTP client speaking GraphQL."""
+directory), a migrated database per test session, and an HTTP client speaking GraphQL.
+The helpers the tests import are in tests/helpers.py."""
 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from starlette.testclient import TestClient
 
+from tests.helpers import DatabaseClock, Databases, clean_tables, make_settings
 from ticketing import migrations
-from ticketing.api.ids import key_of, to_global_id
 from ticketing.app import create_app
-from ticketing.auth import mint_token
 from ticketing.db import create_db_engine
-from ticketing.domain.audit import hold_mismatches, inventory_mismatches, waitlist_mismatches
-from ticketing.settings import Settings, postgresql_url
-
-JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
-TABLES = "idempotency_key, waitlist_entry, reservation_change, customer_hold, reservation, event"
+from ticketing.settings import postgresql_url
 
 
 @pytest.fixture(scope="session")
@@ -45,30 +35,6 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     socket_dir = make_url(server.get_uri()).query["host"]
     yield f"postgresql+psycopg2://postgres@/postgres?host={socket_dir}"
     server.cleanup()
-
-
-class Databases:
-    """Creates throwaway databases on the test server and drops them at the end."""
-
-    def __init__(self, server_url: str) -> None:
-        self.server_url = server_url
-        self.admin = sa.create_engine(
-            server_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
-        )
-        self.created: list[str] = []
-
-    def create(self) -> str:
-        name = f"ticketing_test_{uuid.uuid4().hex[:12]}"
-        with self.admin.connect() as connection:
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        self.created.append(name)
-        return make_url(self.server_url).set(database=name).render_as_string(hide_password=False)
-
-    def drop_all(self) -> None:
-        with self.admin.connect() as connection:
-            for name in self.created:
-                connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        self.admin.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -94,35 +60,10 @@ def engine(database_url: str) -> Iterator[Engine]:
     made.dispose()
 
 
-# Whether TRUNCATE would change anything: a row in a table, or a sequence that has been used.
-# Most tests write nothing, and a TRUNCATE costs 10-20 ms (new files for every table).
-ANYTHING_TO_CLEAN = " OR ".join(
-    [f"EXISTS (SELECT FROM {table})" for table in TABLES.split(", ")]
-    + [
-        "EXISTS (SELECT FROM pg_sequences"
-        " WHERE schemaname = current_schema() AND last_value IS NOT NULL)"
-    ]
-)
-
-
-def clean_tables(engine: Engine) -> None:
-    """Empty the tables and restart their sequences, as a fresh database has them."""
-    with engine.begin() as connection:
-        if connection.scalar(sa.text(f"SELECT {ANYTHING_TO_CLEAN}")):
-            connection.execute(sa.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
-
-
 @pytest.fixture(autouse=True)
 def _clean_tables(request: pytest.FixtureRequest) -> None:
     if "engine" in request.fixturenames:
         clean_tables(request.getfixturevalue("engine"))
-
-
-def make_settings(database_url: str, **overrides: Any) -> Settings:
-    # Most tests read right after a change, anonymously too; the shared answers to anonymous
-    # queries (up to a second old by design) have tests of their own.
-    overrides.setdefault("answer_cache_ttl_ms", 0)
-    return Settings(database_url=database_url, jwt_secret=JWT_SECRET, **overrides)
 
 
 @pytest.fixture
@@ -131,199 +72,8 @@ def client(database_url: str, engine: Engine) -> Iterator[TestClient]:
         yield made
 
 
-def token(
-    subject: str = "alice", *, organizer: bool = False, admin: bool = False, checkout: bool = False
-) -> str:
-    wanted = {"organizer": organizer, "admin": admin, "checkout": checkout}
-    roles = [role for role, given in wanted.items() if given]
-    return mint_token(JWT_SECRET, subject, roles=roles, ttl=timedelta(hours=1))
-
-
-def auth(
-    subject: str = "alice", *, organizer: bool = False, admin: bool = False, checkout: bool = False
-) -> dict[str, str]:
-    minted = token(subject, organizer=organizer, admin=admin, checkout=checkout)
-    return {"Authorization": f"Bearer {minted}"}
-
-
-# The organizer who owns the events `insert_event` makes, unless told otherwise.
-ORGANIZER = auth("olivia", organizer=True)
-
-
-def gql(
-    client: TestClient | httpx.Client,
-    query: str,
-    variables: dict[str, Any] | None = None,
-    *,
-    headers: dict[str, str] | None = None,
-    expect_status: int = 200,
-) -> dict[str, Any]:
-    response = client.post(
-        "/graphql", json={"query": query, "variables": variables}, headers=headers or {}
-    )
-    assert response.status_code == expect_status, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def data(client: TestClient, query: str, variables: dict[str, Any] | None = None, **kw: Any) -> Any:
-    """The `data` of a response that must have no top-level errors."""
-    body = gql(client, query, variables, **kw)
-    assert "errors" not in body, body["errors"]
-    return body["data"]
-
-
-def history(reservation: dict[str, Any]) -> list[dict[str, Any]]:
-    """The history lines of a reservation asked for with `history { edges { node {...} } }`."""
-    return [edge["node"] for edge in reservation["history"]["edges"]]
-
-
-def insert_event(
-    engine: Engine,
-    *,
-    name: str = "Concert",
-    venue: str = "Hall",
-    capacity: int = 10,
-    tickets_available: int | None = None,
-    starts_in: timedelta = timedelta(days=7),
-    max_tickets_per_customer: int | None = None,
-    status: str = "ON_SALE",
-    owner: str = "olivia",
-    hold_minutes: int | None = None,
-) -> str:
-    """An event straight in the database (also ones the API can't make: started, cancelled)."""
-    with engine.begin() as connection:
-        key = connection.scalar(
-            sa.text(
-                "INSERT INTO event (name, venue, starts_at, capacity, tickets_available,"
-                " max_tickets_per_customer, status, owner_id, hold_minutes) VALUES (:name,"
-                " :venue, :starts_at, :capacity, :available, :limit, :status, :owner, :hold)"
-                " RETURNING id"
-            ),
-            {
-                "name": name,
-                "venue": venue,
-                "starts_at": datetime.now(UTC) + starts_in,
-                "capacity": capacity,
-                "available": capacity if tickets_available is None else tickets_available,
-                "limit": max_tickets_per_customer,
-                "status": status,
-                "owner": owner,
-                "hold": hold_minutes,
-            },
-        )
-    return to_global_id("Event", key)
-
-
-def start_event_now(engine: Engine, event_id: str) -> None:
-    """Move an event's start into the past, as time passing would."""
-    with engine.begin() as connection:
-        connection.execute(
-            sa.text("UPDATE event SET starts_at = now() - interval '1 minute' WHERE id = :id"),
-            {"id": key_of(event_id, "Event")},
-        )
-
-
-class DatabaseClock:
-    """Moves the database's clock (`ticketing_now()`, the one every rule reads) forward, as
-    time passing would, for every connection and server process at once.
-
-    The replacement is VOLATILE, so that every statement reads the latest advance, even one
-    that waited for a lock while the clock moved, as the real clock (`clock_timestamp()`)
-    would; a STABLE function would read the clock table as of the statement's start.
-    `frozen`: time stands still between advances, so a transaction reads one time."""
-
-    def __init__(self, engine: Engine, *, frozen: bool = False) -> None:
-        self.engine = engine
-        with engine.begin() as connection:
-            connection.execute(
-                sa.text(
-                    "CREATE TABLE IF NOT EXISTS test_clock"
-                    " (shift interval NOT NULL, frozen_at timestamptz)"
-                )
-            )
-            connection.execute(sa.text("TRUNCATE test_clock"))
-            connection.execute(
-                sa.text("INSERT INTO test_clock VALUES ('0', CASE WHEN :frozen THEN now() END)"),
-                {"frozen": frozen},
-            )
-            connection.execute(
-                sa.text(
-                    "CREATE OR REPLACE FUNCTION ticketing_now() RETURNS timestamptz LANGUAGE sql"
-                    " VOLATILE AS"
-                    " 'SELECT COALESCE(frozen_at, clock_timestamp()) + shift FROM test_clock'"
-                )
-            )
-
-    def advance(self, by: timedelta, *, within: sa.Connection | None = None) -> None:
-        """`within`: in that connection's transaction (which may hold locks), when it commits."""
-        statement = sa.text("UPDATE test_clock SET shift = shift + :by")
-        if within is not None:
-            within.execute(statement, {"by": by})
-            return
-        with self.engine.begin() as connection:
-            connection.execute(statement, {"by": by})
-
-    def restore(self) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(
-                sa.text(
-                    "CREATE OR REPLACE FUNCTION ticketing_now() RETURNS timestamptz LANGUAGE sql"
-                    " STABLE PARALLEL SAFE AS 'SELECT clock_timestamp()'"
-                )
-            )
-            connection.execute(sa.text("DROP TABLE test_clock"))
-
-
 @pytest.fixture
 def database_clock(engine: Engine) -> Iterator[DatabaseClock]:
     made = DatabaseClock(engine)
     yield made
     made.restore()
-
-
-def lock_event_row(connection: sa.Connection, event_id: str) -> None:
-    """Hold an event's row lock in the connection's transaction, as a slow request would."""
-    connection.execute(
-        sa.text("SELECT 1 FROM event WHERE id = :id FOR UPDATE"),
-        {"id": key_of(event_id, "Event")},
-    )
-
-
-def invariant_violations(engine: Engine) -> list[Any]:
-    """Events where available + HELD and ACTIVE reservations != capacity, customers whose hold
-    differs from their reservations, offers that don't match their entry, and waiting entries
-    that available tickets could serve (should be none)."""
-    with engine.connect() as connection:
-        return [
-            *inventory_mismatches(connection),
-            *hold_mismatches(connection),
-            *waitlist_mismatches(connection),
-        ]
-
-
-def table_counts(engine: Engine) -> dict[str, int]:
-    with engine.connect() as connection:
-        return {
-            table: connection.scalar(sa.text(f"SELECT count(*) FROM {table}"))
-            for table in ("event", "reservation", "reservation_change")
-        }
-
-
-def snapshot(engine: Engine) -> list[Any]:
-    """Everything in the database, to prove a refused request changed nothing."""
-    with engine.connect() as connection:
-        return [
-            list(connection.execute(sa.text(f"SELECT * FROM {table} ORDER BY {order}")))
-            for table, order in (
-                ("event", "id"),
-                ("reservation", "id"),
-                ("reservation_change", "id"),
-                ("customer_hold", "event_id, customer_id"),
-                ("idempotency_key", "customer_id, key"),
-                ("waitlist_entry", "id"),
-            )
-        ]
-
-
-ROOT = Path(__file__).resolve().parent.parent

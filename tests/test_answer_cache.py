@@ -13,16 +13,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.conftest import auth, data, insert_event, make_settings
+from tests.graphql_documents import RESERVE
+from tests.helpers import auth, data, insert_event, make_settings
 from ticketing.answer_cache import Answer, AnswerCache
 from ticketing.api.ids import key_of
 from ticketing.app import create_app
 
 TTL_MS = 400
 AVAILABILITY = "{ events(first: 5) { edges { node { id ticketsAvailable } } } }"
-RESERVE = """mutation($input: CreateReservationInput!) {
-    createReservation(input: $input) { __typename }
-}"""
 
 
 @pytest.fixture

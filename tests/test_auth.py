@@ -16,7 +16,8 @@ from jwt.warnings import InsecureKeyLengthWarning
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.conftest import (
+from tests.graphql_documents import RESERVE
+from tests.helpers import (
     JWT_SECRET,
     ORGANIZER,
     auth,
@@ -208,14 +209,10 @@ def test_valid_token_identifies_the_customer(client: TestClient, authorization: 
 
 def test_token_identifies_whose_reservations_are_listed(client: TestClient, engine: Engine) -> None:
     event_id = insert_event(engine)
-    reserve = (
-        "mutation($input: CreateReservationInput!) {"
-        " createReservation(input: $input) { __typename } }"
-    )
     for quantity in (1, 2):
         done = data(
             client,
-            reserve,
+            RESERVE,
             {"input": {"eventId": event_id, "quantity": quantity}},
             headers={"Authorization": bearer(sign(claims(sub="bob")))},
         )

@@ -32,7 +32,7 @@ from bench.run import (
     _wrk,
     pgbench_run,
 )
-from tests.conftest import JWT_SECRET, auth, gql, insert_event, invariant_violations
+from tests.helpers import JWT_SECRET, auth, gql, insert_event, invariant_violations
 from tests.servers import serve
 from ticketing.api.ids import key_of
 from ticketing.db import Database
@@ -79,6 +79,7 @@ def test_a_storms_holds_keep_the_invariant_and_are_timed_until_all_are_released(
     assert invariant_violations(engine) == []
 
 
+@pytest.mark.slow
 def test_the_database_ceiling_runs_the_reservation_sql(
     engine: Engine, database_url: str, tmp_path: Path
 ) -> None:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from tests.conftest import insert_event, invariant_violations, snapshot
+from tests.helpers import insert_event, invariant_violations, snapshot
 from ticketing.db import Database
 from ticketing.domain import booking, errors, events
 from ticketing.domain.actors import Actor

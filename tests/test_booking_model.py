@@ -31,7 +31,7 @@ from hypothesis.stateful import (
 )
 from sqlalchemy.engine import Engine
 
-from tests.conftest import TABLES, DatabaseClock, insert_event, invariant_violations
+from tests.helpers import TABLES, DatabaseClock, insert_event, invariant_violations
 from ticketing.api.ids import key_of
 from ticketing.db import Database
 from ticketing.domain import booking, errors, events, expiry, waitlist

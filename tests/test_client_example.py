@@ -9,10 +9,15 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.conftest import JWT_SECRET, token
+import pytest
+
+from tests.helpers import JWT_SECRET, token
 from tests.node import locked, node_and_npm, npm_ci
 from tests.servers import serve
 from ticketing.api.schema import build_schema, possible_types
+
+# Starts server processes or external tools: `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 
 CLIENT_DIR = Path(__file__).parent.parent / "examples" / "client"
 BIN = CLIENT_DIR / "node_modules" / ".bin"

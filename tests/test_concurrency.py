@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.conftest import (
+from tests.helpers import (
     JWT_SECRET,
     ORGANIZER,
     auth,
@@ -28,6 +28,9 @@ from tests.conftest import (
 )
 from tests.servers import RunningServer, client_limits, serve
 from ticketing.api.ids import key_of
+
+# Starts server processes or external tools: `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 
 CLIENTS = 60
 CUSTOMERS = 20  # three clients share each customer, so they race on the customer's limit

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 from ticketing.app import create_app
 
 PREFLIGHT = {

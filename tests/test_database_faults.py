@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from starlette.testclient import TestClient
 
-from tests.conftest import (
+from tests.helpers import (
     JWT_SECRET,
     auth,
     gql,
@@ -187,6 +187,7 @@ async def eventually(condition: Callable[[], bool], within_s: float, what: str) 
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_service_survives_a_database_restart_under_load(
     own_postgres: tuple[Any, str], tmp_path: Path
 ) -> None:
@@ -318,6 +319,7 @@ def frozen(server: Any) -> Iterator[None]:
                 process.resume()
 
 
+@pytest.mark.slow
 def test_a_frozen_database_is_answered_503_within_the_deadline(
     tcp_postgres: tuple[Any, str], tmp_path: Path
 ) -> None:
@@ -537,6 +539,7 @@ def test_a_later_mutation_that_fails_does_not_deny_the_earlier_ones(
         assert connection.scalar(sa.text("SELECT count(*) FROM reservation")) == 1
 
 
+@pytest.mark.slow
 def test_a_connection_lost_while_a_reservation_commits_leaves_its_outcome_open(
     own_postgres: tuple[Any, str],
 ) -> None:

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from pydantic import ValidationError
 
-from tests.conftest import Databases
+from tests.helpers import Databases
 from ticketing.db import create_db_engine
 from ticketing.settings import DATABASE_URL_FORM, Settings, postgresql_url, problems
 
@@ -84,6 +84,7 @@ def _tool(name: str) -> str:
 
 @pytest.mark.parametrize("command", ["serve", "migrate"])
 @pytest.mark.parametrize("bad", ["asyncpg", "bad port"])
+@pytest.mark.slow
 def test_the_cli_refuses_a_bad_url_in_one_line(tmp_path: Path, command: str, bad: str) -> None:
     url, says = BAD_URLS[bad]
     done = _run(_tool("ticketing"), command, cwd=tmp_path, DATABASE_URL=url)
@@ -97,6 +98,7 @@ def test_the_cli_refuses_a_bad_url_in_one_line(tmp_path: Path, command: str, bad
     assert "s3cret" not in lines[0]
 
 
+@pytest.mark.slow
 def test_ticketing_migrate_takes_a_bare_postgresql_url(
     tmp_path: Path, databases: Databases
 ) -> None:
@@ -106,6 +108,7 @@ def test_ticketing_migrate_takes_a_bare_postgresql_url(
     assert "Database schema is up to date." in done.stdout
 
 
+@pytest.mark.slow
 def test_the_alembic_command_takes_a_heroku_style_url(tmp_path: Path, databases: Databases) -> None:
     url = _as("postgres", databases.create())
     ini = str(ROOT / "alembic.ini")
@@ -115,6 +118,7 @@ def test_the_alembic_command_takes_a_heroku_style_url(tmp_path: Path, databases:
     assert "(head)" in current.stdout, current.stdout + current.stderr
 
 
+@pytest.mark.slow
 def test_the_alembic_command_refuses_a_bad_url_in_one_line(tmp_path: Path) -> None:
     url, says = BAD_URLS["psycopg 3"]
     ini = str(ROOT / "alembic.ini")

@@ -53,6 +53,7 @@ def _instructions() -> list[tuple[str, str]]:
     return found
 
 
+@pytest.mark.slow
 def test_dockerfile_passes_hadolint() -> None:
     result = _run(_tool("hadolint"), "--no-color", "--failure-threshold", "style", "Dockerfile")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -60,6 +61,7 @@ def test_dockerfile_passes_hadolint() -> None:
     assert result.stderr.strip() == ""
 
 
+@pytest.mark.slow
 def test_compose_file_matches_the_compose_spec() -> None:
     result = _run(
         _tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml"
@@ -110,6 +112,10 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck_and_no_dev_extra() -> No
     for wanted in extras:
         assert not {"dev", "embedded"} & {e.strip() for e in wanted.split(",")}, runs
     assert "requirements-dev" not in runs
+    # The runtime lock, hashes checked; then the package alone (the lock holds its dependencies).
+    assert "--require-hashes -r requirements/lock.txt" in runs
+    assert "dev-lock" not in runs
+    assert "pip install --no-cache-dir --no-deps ." in runs
 
 
 def test_the_image_runs_the_installed_package_without_the_source_tree() -> None:

@@ -9,9 +9,13 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from tests.servers import serve
 from ticketing.seed import DEMO_EVENTS
+
+# Starts server processes or external tools: `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 
 QUERY = {"query": "{ events(first: 50) { totalCount } }"}
 

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.conftest import (
+from tests.helpers import (
     ORGANIZER,
     auth,
     data,

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import httpx
+import pytest
 from starlette.testclient import TestClient
 
 from tests.packaging import build_wheel
@@ -66,6 +67,7 @@ def test_graphiql_assets_are_found_only_under_their_own_digest(client: TestClien
         assert client.get(wrong).status_code == 404, wrong
 
 
+@pytest.mark.slow
 def test_the_wheel_carries_graphiqls_files(tmp_path: Path) -> None:
     wheel = build_wheel(tmp_path)
     static = ROOT / "ticketing" / "static" / "graphiql"

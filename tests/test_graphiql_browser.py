@@ -24,8 +24,11 @@ from playwright.sync_api import (
 )
 from sqlalchemy.engine import Engine
 
-from tests.conftest import JWT_SECRET, auth, gql, insert_event
+from tests.helpers import JWT_SECRET, auth, gql, insert_event
 from tests.servers import RunningServer, serve
+
+# Starts server processes or external tools: `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.conftest import (
+from tests.graphql_documents import create_reservation
+from tests.helpers import (
     ORGANIZER,
     DatabaseClock,
     auth,
@@ -47,8 +48,7 @@ RESULT = f"""
 """
 LIMITS = "... on CustomerLimitReached { limit held } ... on NotEnoughTickets { available }"
 EXPIRED = "... on HoldExpired { expiredAt }"
-CREATE = f"""mutation($input: CreateReservationInput!) {{
-    createReservation(input: $input) {{ {RESULT} {LIMITS} }} }}"""
+CREATE = create_reservation(f"{RESULT} {LIMITS}")
 CONFIRM = f"""mutation($input: ConfirmReservationInput!) {{
     confirmReservation(input: $input) {{ {RESULT} {EXPIRED} }} }}"""
 UPDATE = f"""mutation($input: UpdateReservationInput!) {{

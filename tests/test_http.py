@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.engine import Engine, make_url
 from starlette.testclient import TestClient
 
-from tests.conftest import ORGANIZER, insert_event, make_settings, snapshot
+from tests.helpers import ORGANIZER, insert_event, make_settings, snapshot
 from ticketing import graphiql
 from ticketing.app import create_app
 from ticketing.domain import catalog

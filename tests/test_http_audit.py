@@ -7,9 +7,14 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.conftest import JWT_SECRET
+import pytest
+
+from tests.helpers import JWT_SECRET
 from tests.node import node_and_npm, npm_ci
 from tests.servers import serve
+
+# Starts server processes or external tools: `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 
 AUDIT_DIR = Path(__file__).parent / "http_audit"
 

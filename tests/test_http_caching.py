@@ -12,14 +12,12 @@ import pytest
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.conftest import auth, data, insert_event, make_settings, snapshot
+from tests.graphql_documents import RESERVE
+from tests.helpers import auth, data, insert_event, make_settings, snapshot
 from ticketing.app import create_app
 from ticketing.persisted_queries import PersistedQueries, PersistedQueryNotFound
 
 AVAILABILITY = "query Availability { events(first: 5) { edges { node { ticketsAvailable } } } }"
-RESERVE = """mutation($input: CreateReservationInput!) {
-    createReservation(input: $input) { __typename }
-}"""
 
 
 def sha256(query: str) -> str:

@@ -15,8 +15,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import JWT_SECRET
+from tests.helpers import JWT_SECRET
 from tests.servers import RunningServer, serve
+
+# Starts server processes or external tools: `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 
 HEADER_TIMEOUT_S = 1.0
 

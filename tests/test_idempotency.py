@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.conftest import (
+from tests.graphql_documents import create_reservation
+from tests.helpers import (
     JWT_SECRET,
     ORGANIZER,
     auth,
@@ -30,8 +31,7 @@ from ticketing.app import create_app
 
 RESULT = """__typename ... on ReservationPayload { reservation { id quantity status updatedAt }
     event { ticketsAvailable } } ... on Error { message }"""
-CREATE = f"""mutation($input: CreateReservationInput!) {{
-    createReservation(input: $input) {{ {RESULT} }} }}"""
+CREATE = create_reservation(RESULT)
 UPDATE = f"""mutation($input: UpdateReservationInput!) {{
     updateReservation(input: $input) {{ {RESULT} }} }}"""
 
@@ -62,6 +62,7 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield running
 
 
+@pytest.mark.slow
 def test_twenty_concurrent_retries_create_one_reservation(
     server: RunningServer, engine: Engine
 ) -> None:

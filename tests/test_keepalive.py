@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import JWT_SECRET
+from tests.helpers import JWT_SECRET
 from tests.servers import RunningServer, serve
 from tests.test_http_hardening import connect, read_answer
+
+# Starts server processes or external tools: `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 
 KEEPALIVE_S = 1
 PING = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"

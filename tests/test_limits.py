@@ -26,7 +26,7 @@ from tests.adversarial_documents import (
     same_short_list_flood,
     token_count,
 )
-from tests.conftest import JWT_SECRET, ORGANIZER, auth, gql, insert_event, make_settings
+from tests.helpers import JWT_SECRET, ORGANIZER, auth, gql, insert_event, make_settings
 from ticketing.api.limits import PAGINATED_FIELDS, DocumentLimits
 from ticketing.api.schema import build_schema
 from ticketing.api.validation import DOCUMENT_CACHE_SIZE, ValidateWithinLimits, validator_for
@@ -147,6 +147,7 @@ def test_production_refuses_a_missing_or_weak_secret(secret: str | None) -> None
         Settings(env="production", database_url="postgresql://x/y", **given)
 
 
+@pytest.mark.slow
 def test_serve_in_production_without_a_secret_exits_with_the_reason() -> None:
     env = {
         "PATH": "/usr/bin:/bin",

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from tests.conftest import Databases
+from tests.helpers import Databases
 from ticketing import migrations
 from ticketing.db import create_db_engine
 from ticketing.domain.models import SQLModel
@@ -165,6 +165,7 @@ def test_holds_backfill_confirmations_and_block_a_lossy_downgrade(databases: Dat
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_a_new_revision_takes_the_next_number(databases: Databases, tmp_path: Path) -> None:
     """`alembic revision --autogenerate -m ...` as the README shows it, on a copy of the
     migrations: the file and the revision id carry the next number."""

@@ -28,7 +28,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.conftest import (
+from tests.helpers import (
     JWT_SECRET,
     ORGANIZER,
     DatabaseClock,
@@ -39,6 +39,9 @@ from tests.conftest import (
 )
 from tests.servers import serve
 from ticketing.api.ids import key_of
+
+# Starts server processes or external tools: `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 
 CLIENTS = 60
 CUSTOMERS = 24  # two or three clients share each customer: they race on the customer's limit

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.conftest import ORGANIZER, auth, data, history, insert_event, snapshot
+from tests.helpers import ORGANIZER, auth, data, history, insert_event, snapshot
 from tests.test_events import in_days, new_event
 from ticketing.api.ids import key_of, to_global_id
 

@@ -10,7 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.conftest import (
+from tests.graphql_documents import create_reservation
+from tests.helpers import (
     ORGANIZER,
     auth,
     data,
@@ -41,8 +42,7 @@ PAYLOAD = (
     ... on CustomerLimitReached { limit held }
 """
 )
-CREATE = f"""mutation($input: CreateReservationInput!) {{
-    createReservation(input: $input) {{ {PAYLOAD} }} }}"""
+CREATE = create_reservation(PAYLOAD)
 UPDATE = f"""mutation($input: UpdateReservationInput!) {{
     updateReservation(input: $input) {{ {PAYLOAD} }} }}"""
 CANCEL = f"""mutation($input: CancelReservationInput!) {{

@@ -12,7 +12,7 @@ from graphql import (
     GraphQLUnionType,
 )
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from ticketing.api.schema import build_schema
 from ticketing.cli import main
 

@@ -8,11 +8,15 @@ import signal
 from pathlib import Path
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.conftest import JWT_SECRET, auth, insert_event, invariant_violations, lock_event_row
+from tests.helpers import JWT_SECRET, auth, insert_event, invariant_violations, lock_event_row
 from tests.servers import serve
+
+# Starts server processes or external tools: `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 
 RESERVE = """mutation($id: ID!) { createReservation(input: {eventId: $id, quantity: 2}) {
     __typename ... on ReservationPayload { reservation { id } } } }"""

@@ -13,7 +13,8 @@ from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from tests.conftest import DatabaseClock, auth, data, gql, insert_event, token
+from tests.graphql_documents import RESERVE_ID
+from tests.helpers import DatabaseClock, auth, data, gql, insert_event, token
 from ticketing.api.ids import to_global_id
 from ticketing.settings import Settings
 
@@ -22,8 +23,6 @@ EVENT_CHANGED = (
     """subscription($id: ID!) { eventChanged(id: $id) { id ticketsAvailable status } }"""
 )
 MY_RESERVATIONS = """subscription { myReservationChanged { id quantity status customer } }"""
-RESERVE = """mutation($input: CreateReservationInput!) { createReservation(input: $input) {
-    __typename ... on ReservationPayload { reservation { id } } } }"""
 
 
 @contextmanager
@@ -51,7 +50,10 @@ def next_data(ws: Any) -> Any:
 
 def reserve(client: TestClient, event_id: str, quantity: int, who: str = "alice") -> str:
     made = data(
-        client, RESERVE, {"input": {"eventId": event_id, "quantity": quantity}}, headers=auth(who)
+        client,
+        RESERVE_ID,
+        {"input": {"eventId": event_id, "quantity": quantity}},
+        headers=auth(who),
     )["createReservation"]
     reservation_id: str = made["reservation"]["id"]
     return reservation_id

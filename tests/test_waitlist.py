@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.conftest import (
+from tests.graphql_documents import create_reservation
+from tests.helpers import (
     ORGANIZER,
     DatabaseClock,
     auth,
@@ -35,8 +36,9 @@ JOIN = f"""mutation($input: JoinWaitlistInput!) {{ joinWaitlist(input: $input) {
     ... on InvalidQuantity {{ min max }} }} }}"""
 LEAVE = f"""mutation($input: LeaveWaitlistInput!) {{ leaveWaitlist(input: $input) {{
     __typename ... on WaitlistPayload {{ {ENTRY} }} ... on Error {{ message }} }} }}"""
-RESERVE = """mutation($input: CreateReservationInput!) { createReservation(input: $input) {
-    __typename ... on ReservationPayload { reservation { id } event { ticketsAvailable } } } }"""
+RESERVE = create_reservation(
+    "__typename ... on ReservationPayload { reservation { id } event { ticketsAvailable } }"
+)
 CANCEL = """mutation($input: CancelReservationInput!) { cancelReservation(input: $input) {
     __typename ... on ReservationPayload { event { ticketsAvailable waitlistLength } } } }"""
 DECREASE = """mutation($input: UpdateReservationInput!) { updateReservation(input: $input) {

@@ -8,10 +8,15 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from tests.conftest import Databases
+import pytest
+
+from tests.helpers import Databases
 from tests.packaging import build_wheel
 from ticketing import migrations
 from ticketing.db import create_db_engine
+
+# Starts server processes or external tools: `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 
 
 def _run(*command: str | Path, cwd: Path) -> str:
