@@ -173,6 +173,7 @@ RESERVE = """mutation($input: CreateReservationInput!) { createReservation(input
     __typename } }"""
 
 
+@pytest.mark.slow
 def test_the_subscribers_receive_a_sales_changes_each_matched_to_its_commit(
     engine: Engine, database_url: str, tmp_path: Path
 ) -> None:
