@@ -22,6 +22,7 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from sqlalchemy.engine import Engine
 
 from tests.helpers import JWT_SECRET, auth, gql, insert_event
@@ -186,8 +187,18 @@ def test_graphiql_runs_a_subscription_that_shows_each_change(
     )
     # GraphiQL learns the operation's kind in a debounced handler that also stores the text.
     page.wait_for_function("() => localStorage['graphiql:query']?.startsWith('subscription')")
-    with page.expect_websocket() as socket:
-        run(page)
+    # On a busy machine the first run may still go out before GraphiQL has learned that the
+    # operation is a subscription (it then goes over HTTP and gets 400): run it again.
+    early_runs = 0
+    for attempt in range(5):
+        try:
+            with page.expect_websocket(timeout=6000) as socket:
+                run(page)
+            break
+        except PlaywrightTimeoutError:
+            if attempt == 4:
+                raise
+            early_runs += 1
     # Over WebSocket (graphql-ws) to the same URL.
     assert socket.value.url == f"{server.url.replace('http', 'ws', 1)}/graphql"
     expect(response).to_contain_text('"ticketsAvailable": 10')
@@ -198,5 +209,8 @@ def test_graphiql_runs_a_subscription_that_shows_each_change(
             "createReservation": {"__typename": "ReservationPayload"}
         }
     expect(response).to_contain_text('"ticketsAvailable": 7')
-    assert offline.errors == []
+    # An early run's 400 is the browser's only complaint allowed.
+    refused_early = [error for error in offline.errors if "status of 400" in error]
+    assert len(refused_early) <= early_runs
+    assert [error for error in offline.errors if error not in refused_early] == []
     assert offline.outside == []
