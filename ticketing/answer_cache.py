@@ -19,6 +19,8 @@ from typing import Any
 
 from starlette.responses import Response
 
+from ticketing import metrics
+
 REQUEST_ID_HEADER = "X-Request-ID"
 
 Key = tuple[str, str, str | None, str]
@@ -34,6 +36,9 @@ class Answer:
     # Only answers that are the same for every anonymous client may be kept: a successful
     # query, not a mutation or an error.
     shareable: bool = False
+    # For metrics and logs: ok, refused, client_error, unavailable or internal_error.
+    outcome: str = "ok"
+    operation: str | None = None  # its name, as the request or its document gave it
 
     def response(self, request_id: str) -> Response:
         """For no cache to store: it may be personal, an error, or an answer to a POST."""
@@ -90,14 +95,17 @@ class AnswerCache:
             expires, answer = entry
             if time.monotonic() < expires:
                 self._entries.move_to_end(key)
+                metrics.ANSWER_CACHE_HIT.inc()
                 return answer
             del self._entries[key]
         in_flight = self._in_flight.get(key)
         if in_flight is not None:
+            metrics.ANSWER_CACHE_JOINED.inc()
             answer = await asyncio.shield(in_flight)
             if answer.shareable:
                 return answer
             return await execute()
+        metrics.ANSWER_CACHE_MISS.inc()
         return await self._execute_once(key, execute)
 
     async def _execute_once(self, key: Key, execute: Callable[[], Awaitable[Answer]]) -> Answer:

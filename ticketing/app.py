@@ -8,14 +8,15 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from ticketing import background, graphiql
+from ticketing import background, graphiql, logs, metrics
 from ticketing.api.schema import build_schema
 from ticketing.db import Database, DatabaseUnavailable
 from ticketing.http import GraphQLEndpoint
@@ -46,9 +47,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             "DATABASE_URL is not set: start the service with `ticketing serve`, which provides "
             "an embedded database."
         )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(settings)
     # Alembic reports its context at INFO on every readiness check.
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     db = Database.from_settings(settings, settings.database_url)
@@ -79,12 +78,28 @@ def create_app(settings: Settings | None = None) -> Starlette:
             return _not_ready("migrations pending")
         return JSONResponse({"status": "ready"})
 
+    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+
+    async def metrics_page(request: Request) -> Response:
+        if not metrics.authorized(request.headers.get("authorization"), metrics_token):
+            return Response(
+                "Send the metrics token: Authorization: Bearer <TICKETING_METRICS_TOKEN>.\n",
+                401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        metrics.observe_pools(db.pool_usage())
+        # Reads every worker's files in multiprocess mode: off the event loop.
+        body = await anyio.to_thread.run_sync(metrics.exposition)
+        return Response(body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tasks = [
             asyncio.create_task(background.purge_idempotency_keys(db, settings)),
             asyncio.create_task(background.release_expired_holds(db, settings)),
         ]
+        if settings.metrics_served:
+            tasks.append(asyncio.create_task(background.sample_pools(db)))
         hub.start()
         listener.start()
         yield
@@ -95,6 +110,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         db.dispose()
+        metrics.worker_stopped()
 
     middleware = []
     if settings.cors_origins or local_origins:
@@ -109,6 +125,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 max_age=600,
             )
         )
+    metrics_route = [Route("/metrics", metrics_page, methods=["GET"])]
+    if not settings.metrics_served:
+        metrics_route = []
     ide_assets = [Route(graphiql.ASSET_ROUTE, ide.asset, methods=["GET"])] if ide else []
     return Starlette(
         middleware=middleware,
@@ -122,6 +141,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             WebSocketRoute("/graphql", live),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            *metrics_route,
             *ide_assets,
         ],
         lifespan=lifespan,

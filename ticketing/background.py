@@ -6,6 +6,7 @@ import asyncio
 import logging
 from datetime import timedelta
 
+from ticketing import metrics
 from ticketing.db import Database, DatabaseUnavailable
 from ticketing.domain import expiry, idempotency
 from ticketing.settings import Settings
@@ -45,3 +46,11 @@ async def release_expired_holds(db: Database, settings: Settings) -> None:
             logger.exception("Releasing expired holds failed")
         if len(due) < SWEEP_BATCH:
             await asyncio.sleep(settings.hold_sweep_interval_s)
+
+
+async def sample_pools(db: Database, interval_s: float = 1.0) -> None:
+    """The database pools' gauges: sampled, since in multiprocess mode a scrape reads the
+    values each worker last wrote and can't ask the other workers."""
+    while True:
+        metrics.observe_pools(db.pool_usage())
+        await asyncio.sleep(interval_s)

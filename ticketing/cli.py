@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -14,7 +17,7 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
-from ticketing import migrations
+from ticketing import logs, migrations
 from ticketing.auth import ADMIN_ROLE, CHECKOUT_ROLE, ORGANIZER_ROLE, mint_token
 from ticketing.db import create_db_engine
 from ticketing.seed import DEMO_ORGANIZER
@@ -112,6 +115,7 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     workers = args.workers or settings.workers
+    _share_metrics_between_workers()
     shown_host = "localhost" if host in ("0.0.0.0", "127.0.0.1", "::") else host  # noqa: S104
     print(f"GraphQL endpoint: http://{shown_host}:{port}/graphql", flush=True)
     if settings.env == "development":
@@ -146,10 +150,32 @@ def _serve(args: argparse.Namespace) -> int:
         port=port,
         workers=workers,
         log_level=settings.log_level,
+        log_config=logs.uvicorn_log_config(settings),
         timeout_graceful_shutdown=30,
         timeout_keep_alive=settings.keepalive_timeout_s,
     )
     return 0
+
+
+def _share_metrics_between_workers() -> None:
+    """Every worker writes its metrics to files in PROMETHEUS_MULTIPROC_DIR, so that /metrics,
+    whichever worker answers it, counts them all: a given directory is emptied first, else a
+    private one is made and removed at exit. Before anything imports prometheus_client, which
+    picks its mode once."""
+    given = os.environ.get(metrics_dir_variable)
+    if given:
+        # Values left by an earlier run would be counted again.
+        Path(given).mkdir(parents=True, exist_ok=True)
+        for leftover in Path(given).glob("*.db"):
+            leftover.unlink()
+        return
+    private = tempfile.mkdtemp(prefix="ticketing-metrics-")
+    os.environ[metrics_dir_variable] = private
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+
+
+# ticketing.metrics' MULTIPROC_DIR: importing that module would import prometheus_client.
+metrics_dir_variable = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _migrate(args: argparse.Namespace) -> int:

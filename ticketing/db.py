@@ -25,6 +25,7 @@ import anyio
 import psycopg2
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import QueuePool
 from sqlmodel import Session
 
 from ticketing.settings import Settings
@@ -303,6 +304,17 @@ class Database:
 
     def _turn(self, key: Hashable | None) -> AbstractAsyncContextManager[None]:
         return nullcontext() if key is None or self._turns is None else self._turns(key)
+
+    def pool_usage(self) -> dict[str, tuple[int, int]]:
+        """Per pool: connections checked out, and units of work waiting for one (they wait
+        for a thread, of which there are as many as connections)."""
+        usage = {}
+        for name, engine in (("transaction", self.engine), ("autocommit", self.autocommit_engine)):
+            limiter = self._limiters.get(engine)
+            pool = engine.pool
+            in_use = pool.checkedout() if isinstance(pool, QueuePool) else 0
+            usage[name] = (in_use, limiter.statistics().tasks_waiting if limiter else 0)
+        return usage
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -22,6 +23,7 @@ from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOpe
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
+from ticketing import metrics
 from ticketing.answer_cache import REQUEST_ID_HEADER, Answer, AnswerCache
 from ticketing.api.context import Context
 from ticketing.api.errors import ErrorCode
@@ -39,6 +41,8 @@ GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 JSON = "application/json"
 
 logger = logging.getLogger(__name__)
+# One line per GraphQL request over HTTP (its fields are the record's extras: see logs.py).
+access_logger = logging.getLogger("ticketing.access")
 
 
 class RequestError(Exception):
@@ -47,6 +51,16 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
+
+
+class Seen:
+    """What the access log and the metrics learn of a request while it is answered."""
+
+    __slots__ = ("customer", "operation")
+
+    def __init__(self) -> None:
+        self.operation: str | None = None
+        self.customer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,27 +85,32 @@ class GraphQLEndpoint:
         self.in_flight = 0  # requests being answered (one event loop: no lock needed)
 
     async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
         request_id = _request_id(request)
         if self.graphiql is not None and self._wants_ide(request):
             return self.graphiql.page_response()
+        seen = Seen()
         if self.in_flight >= self.settings.max_concurrent_requests:
             logger.warning("Request %s refused: %d requests in flight", request_id, self.in_flight)
+            metrics.LIMIT_REFUSALS.labels("concurrentRequests").inc()
             busy = "The server is busy; nothing was done, retry shortly."
-            return _error_answer(
+            answer = _error_answer(
                 503, busy, ErrorCode.SERVICE_UNAVAILABLE, JSON, {"Retry-After": "1"}
-            ).response(request_id)
-        self.in_flight += 1
-        try:
-            answer = await self._answer(request, request_id)
-        finally:
-            self.in_flight -= 1
+            )
+        else:
+            self.in_flight += 1
+            try:
+                answer = await self._answer(request, request_id, seen)
+            finally:
+                self.in_flight -= 1
+        _record(request, request_id, seen, answer, time.perf_counter() - started)
         if request.method == "GET" and answer.shareable:
             # Repeated If-None-Match headers make one list (RFC 9110, 5.3).
             if_none_match = ", ".join(request.headers.getlist("if-none-match")) or None
             return answer.cacheable_response(request_id, if_none_match)
         return answer.response(request_id)
 
-    async def _answer(self, request: Request, request_id: str) -> Answer:
+    async def _answer(self, request: Request, request_id: str, seen: Seen) -> Answer:
         media_type = JSON
         try:
             if request.method not in ("GET", "POST"):
@@ -99,8 +118,12 @@ class GraphQLEndpoint:
             media_type = _negotiate(request.headers.get("accept"))
             raw = await _read_params(request, self.settings)
             params = _params_from(raw, self.persisted_queries)
+            seen.operation = params.operation_name
             viewer = authenticate(request.headers.get("authorization"), self.token_rules)
+            seen.customer = viewer.customer_id if viewer is not None else None
         except RequestError as error:
+            if error.status in _LIMITS:
+                metrics.LIMIT_REFUSALS.labels(_LIMITS[error.status]).inc()
             return _error_answer(
                 error.status, error.message, ErrorCode.BAD_REQUEST, media_type, error.headers
             )
@@ -180,12 +203,15 @@ class GraphQLEndpoint:
         if params.registers_as is not None and result.data is not None:
             self.persisted_queries.remember(params.registers_as, params.query)
         shareable = may_share and not result.errors and _is_query(params)
-        answer = _result_answer(result, media_type, shareable=shareable)
+        answer = _result_answer(result, media_type, shareable=shareable, operation=context.ran)
         limit = self.settings.max_response_bytes
         # A mutation's answer is always given: its changes are made, and the client must
         # learn what they were.
         if len(answer.body) > limit and _is_query(params):
+            metrics.LIMIT_REFUSALS.labels("responseBytes").inc()
             return _too_large_answer(len(answer.body), limit, media_type)
+        if context.refused and answer.outcome == "ok":
+            return replace(answer, outcome="refused")
         return answer
 
     def _wants_ide(self, request: Request) -> bool:
@@ -194,6 +220,35 @@ class GraphQLEndpoint:
             and "query" not in request.query_params
             and "extensions" not in request.query_params  # a persisted query's hash
             and "text/html" in request.headers.get("accept", "")
+        )
+
+
+# Requests refused by a limit before they reach GraphQL, by their status.
+_LIMITS = {413: "bodyBytes", 414: "urlBytes"}
+
+
+def _record(
+    request: Request, request_id: str, seen: Seen, answer: Answer, duration_s: float
+) -> None:
+    operation = metrics.operation_label(answer.operation or seen.operation)
+    metrics.observe_request(operation, answer.outcome, duration_s)
+    if access_logger.isEnabledFor(logging.INFO):
+        access_logger.info(
+            "%s %s %s %s %d %.1f ms",
+            request.method,
+            operation,
+            answer.outcome,
+            seen.customer or "-",
+            answer.status,
+            duration_s * 1000,
+            extra={
+                "request_id": request_id,
+                "operation": operation,
+                "outcome": answer.outcome,
+                "status": answer.status,
+                "duration_ms": round(duration_s * 1000, 3),
+                "customer": seen.customer,
+            },
         )
 
 
@@ -319,11 +374,14 @@ def _params_from(raw: dict[str, Any], persisted_queries: PersistedQueries) -> Gr
     return GraphQLParams(query, variables, operation_name, extensions, registers_as)
 
 
-def _result_answer(result: ExecutionResult, media_type: str, *, shareable: bool) -> Answer:
+def _result_answer(
+    result: ExecutionResult, media_type: str, *, shareable: bool, operation: str | None
+) -> Answer:
     errors = [_formatted(error) for error in result.errors or []]
     body: dict[str, Any] = {}
     headers: dict[str, str] = {}
     status = 200
+    outcome = "ok"
     if errors and result.data is None and all(error.path is None for error in result.errors or []):
         # A request error: nothing was executed, so the response has no `data` entry.
         status = 400 if media_type == GRAPHQL_RESPONSE_JSON else 200
@@ -338,9 +396,24 @@ def _result_answer(result: ExecutionResult, media_type: str, *, shareable: bool)
         elif ErrorCode.SERVICE_UNAVAILABLE in codes:
             status = 503
             headers["Retry-After"] = "1"
+        outcome = _outcome(codes)
+        for error in errors:
+            if error["extensions"]["code"] == ErrorCode.QUERY_LIMIT_EXCEEDED:
+                metrics.LIMIT_REFUSALS.labels(error["extensions"]["limit"]).inc()
     if result.extensions:
         body["extensions"] = result.extensions
-    return _json_answer(body, status, media_type, headers, shareable=shareable)
+    return _json_answer(
+        body, status, media_type, headers, shareable=shareable, outcome=outcome, operation=operation
+    )
+
+
+def _outcome(codes: set[str]) -> str:
+    """For the metrics and the access log: whose fault an error answer is."""
+    if ErrorCode.INTERNAL_SERVER_ERROR in codes:
+        return "internal_error"
+    if ErrorCode.SERVICE_UNAVAILABLE in codes:
+        return "unavailable"
+    return "client_error"
 
 
 def _formatted(error: GraphQLError) -> dict[str, Any]:
@@ -380,7 +453,7 @@ def _too_large_answer(size: int, limit: int, media_type: str) -> Answer:
         },
     }
     status = 400 if media_type == GRAPHQL_RESPONSE_JSON else 200
-    return _json_answer({"errors": [error]}, status, media_type)
+    return _json_answer({"errors": [error]}, status, media_type, outcome="client_error")
 
 
 def _error_answer(
@@ -390,7 +463,9 @@ def _error_answer(
     media_type: str,
     headers: dict[str, str] | None = None,
 ) -> Answer:
-    return _json_answer(error_document(message, code), status, media_type, headers)
+    return _json_answer(
+        error_document(message, code), status, media_type, headers, outcome=_outcome({code})
+    )
 
 
 def error_document(message: str, code: ErrorCode) -> dict[str, Any]:
@@ -405,6 +480,8 @@ def _json_answer(
     headers: dict[str, str] | None = None,
     *,
     shareable: bool = False,
+    outcome: str = "ok",
+    operation: str | None = None,
 ) -> Answer:
     encoded = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     return Answer(
@@ -416,4 +493,6 @@ def _json_answer(
             **(headers or {}),
         },
         shareable=shareable,
+        outcome=outcome,
+        operation=operation,
     )

@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     # back, within about this long of its `expiresAt` even on an event nobody touches.
     hold_sweep_interval_s: float = Field(default=0.25, gt=0, le=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # json: one JSON object per line, for log collectors; text reads better in a terminal.
+    log_format: Literal["text", "json"] = "text"
+    # /metrics wants `Authorization: Bearer <this>` when set; in production it is served only
+    # when set (the metrics say how busy the service is and who refuses what).
+    metrics_token: SecretStr | None = None
 
     @field_validator("database_url", "listen_database_url")
     @classmethod
@@ -154,6 +159,10 @@ class Settings(BaseSettings):
     @property
     def graphiql_enabled(self) -> bool:
         return self.graphiql if self.graphiql is not None else self.env == "development"
+
+    @property
+    def metrics_served(self) -> bool:
+        return self.metrics_token is not None or self.env == "development"
 
     @property
     def introspection_enabled(self) -> bool:

@@ -52,6 +52,12 @@ class Context:
     loaders: Loaders = field(init=False)
     # Whether a mutation of this request has changed something (mutations run in order).
     made_changes: bool = field(default=False, init=False)
+    # The operation run, named by the request or else by its document (for metrics and logs).
+    ran: str | None = field(default=None, init=False)
+    # Whether a mutation of this request was refused with a typed error (for the metrics).
+    refused: bool = field(default=False, init=False)
+    # Whether the keyed mutation running now answered an earlier request's answer.
+    replayed: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.loaders = Loaders(self.db)

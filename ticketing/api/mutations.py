@@ -8,9 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 
-from ticketing.api.context import Info
+from ticketing import metrics
+from ticketing.api.context import Context, Info
 from ticketing.api.errors import Error, ErrorCode, request_error, to_graphql
 from ticketing.domain import idempotency, models
 from ticketing.domain.errors import DomainError
@@ -37,10 +39,13 @@ async def attempt(
     *,
     answer: Callable[[T], Answer],
     changed: Callable[[T], models.Event],
+    counts_as: str | None = None,
 ) -> Answer | Error:
     """Run a domain operation the way it says it must run; a refusal becomes its GraphQL
-    error type, a success is remembered as a change to `changed(done)`."""
+    error type, a success is remembered as a change to `changed(done)`. `counts_as`: the
+    kind of reservation change it counts as in the metrics, unless it was a replay."""
     db = info.context.db
+    info.context.replayed = False  # mutations run one after the other
     try:
         done = None
         if operation.on_its_own is not None:
@@ -50,7 +55,11 @@ async def attempt(
         if done is None:
             done = await db.run(operation.in_transaction, contends_for=operation.contends_for)
     except DomainError as refusal:
+        info.context.refused = True
+        metrics.REFUSALS.labels(type(refusal).__name__).inc()
         return to_graphql(refusal)
+    if counts_as is not None and not info.context.replayed:
+        metrics.RESERVATIONS.labels(counts_as).inc()
     info.context.record_change(changed(done))
     return answer(done)
 
@@ -72,5 +81,14 @@ def at_most_once(
         )
     fingerprint = hashlib.sha256(json.dumps(request).encode()).hexdigest()
     return idempotency.once(
-        operation, actor=info.context.require_viewer(), key=key, fingerprint=fingerprint
+        operation,
+        actor=info.context.require_viewer(),
+        key=key,
+        fingerprint=fingerprint,
+        on_replay=partial(_replayed, info.context),
     )
+
+
+def _replayed(context: Context) -> None:
+    context.replayed = True
+    metrics.REPLAYS.inc()

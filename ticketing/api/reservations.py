@@ -163,7 +163,7 @@ class ReservationMutations:
             input.event_id,
             input.quantity,
         )
-        return cast(CreateReservationResult, await _book(info, keyed))
+        return cast(CreateReservationResult, await _book(info, keyed, "create"))
 
     @strawberry.mutation(
         description="Add tickets to, or give tickets back from, one of your reservations."
@@ -195,7 +195,8 @@ class ReservationMutations:
             input.operation.name,
             input.quantity,
         )
-        return cast(UpdateReservationResult, await _book(info, keyed))
+        kind = "increase" if input.operation is ReservationOperation.INCREASE else "decrease"
+        return cast(UpdateReservationResult, await _book(info, keyed, kind))
 
     @strawberry.mutation(
         description="Confirm a HELD reservation (after payment), making it final (ACTIVE) "
@@ -220,7 +221,7 @@ class ReservationMutations:
             "confirmReservation",
             input.reservation_id,
         )
-        return cast(ConfirmReservationResult, await _book(info, operation))
+        return cast(ConfirmReservationResult, await _book(info, operation, "confirm"))
 
     @strawberry.mutation(
         description="Cancel a reservation (HELD or ACTIVE), releasing its tickets. Cancelling a "
@@ -239,10 +240,15 @@ class ReservationMutations:
         if reservation_id is None:
             return not_found(input.reservation_id, "Reservation")
         operation = booking.cancel(reservation_id=reservation_id, actor=actor)
-        return cast(CancelReservationResult, await _book(info, operation))
+        return cast(CancelReservationResult, await _book(info, operation, "cancel"))
 
 
-async def _book(info: Info, operation: Operation[Booking]) -> ReservationPayload | Error:
+async def _book(info: Info, operation: Operation[Booking], kind: str) -> ReservationPayload | Error:
+    """`kind`: what the reservation change counts as in the metrics."""
     return await attempt(
-        info, operation, answer=ReservationPayload.from_booking, changed=lambda done: done.event
+        info,
+        operation,
+        answer=ReservationPayload.from_booking,
+        changed=lambda done: done.event,
+        counts_as=kind,
     )

@@ -131,6 +131,17 @@ class RequireOperationName(SchemaExtension):
         yield
 
 
+class NameTheOperation(SchemaExtension):
+    """For the metrics and the access log: the operation's name, also when only the document
+    gives it."""
+
+    def on_execute(self) -> Iterator[None]:
+        context = self.execution_context.context
+        if isinstance(context, Context):
+            context.ran = self.execution_context.operation_name
+        yield
+
+
 class MemoizedNameConverter(NameConverter):
     """Strawberry converts each argument's and input field's name to camelCase again on every
     request (a few percent of a mutation's CPU); the names are our code's, so few and fixed."""
@@ -175,6 +186,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         lambda: ParserCache(maxsize=DOCUMENT_CACHE_SIZE),
         lambda: ValidateWithinLimits(validate_document),
         RequireOperationName,
+        NameTheOperation,
         MaskUnexpectedErrors,
     ]
     if not settings.introspection_enabled:

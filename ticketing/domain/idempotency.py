@@ -9,6 +9,7 @@ refusal, which changes nothing and is not remembered), the retry claims the key 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar, cast
 
@@ -36,19 +37,30 @@ Outcome = TypeVar("Outcome", Booking, Placement)
 
 
 def once(
-    operation: Operation[Outcome], *, actor: Actor, key: str, fingerprint: str
+    operation: Operation[Outcome],
+    *,
+    actor: Actor,
+    key: str,
+    fingerprint: str,
+    on_replay: Callable[[], object] = lambda: None,
 ) -> Operation[Outcome]:
-    """`operation`, unless this customer already did it under `key`: then its first answer.
-    `fingerprint` identifies the request; the same key with another one is refused. The key
-    is claimed in the operation's transaction, so it always runs in one."""
+    """`operation`, unless this customer already did it under `key`: then its first answer,
+    and `on_replay` is called. `fingerprint` identifies the request; the same key with
+    another one is refused. The key is claimed in the operation's transaction, so it always
+    runs in one."""
     return Operation(
-        lambda session: _once(session, operation, actor, key, fingerprint),
+        lambda session: _once(session, operation, actor, key, fingerprint, on_replay),
         contends_for=operation.contends_for,
     )
 
 
 def _once(
-    session: Session, operation: Operation[Outcome], actor: Actor, key: str, fingerprint: str
+    session: Session,
+    operation: Operation[Outcome],
+    actor: Actor,
+    key: str,
+    fingerprint: str,
+    on_replay: Callable[[], object],
 ) -> Outcome:
     claimed = session.exec(
         insert(IdempotencyKey)
@@ -57,7 +69,9 @@ def _once(
         .returning(col(IdempotencyKey.key))
     ).first()
     if claimed is None:
-        return cast(Outcome, _replay(session, actor, key, fingerprint))
+        replayed = cast(Outcome, _replay(session, actor, key, fingerprint))
+        on_replay()
+        return replayed
     done = operation(session)
     row = done.reservation if isinstance(done, Booking) else done.entry
     outcome = {

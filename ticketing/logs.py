@@ -1,0 +1,58 @@
+"""Logging: readable text by default, one JSON object per line with TICKETING_LOG_FORMAT=json.
+
+A record's extras (the access log's request_id, operation, outcome, duration_ms, customer)
+become fields of its JSON object. Nothing here logs a token: the access log names the
+customer (the token's subject) only."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from ticketing.settings import Settings
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+# The attributes every LogRecord has: anything else on a record was passed as `extra`.
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD and not name.startswith("_"):
+                entry[name] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def formatter(settings: Settings) -> logging.Formatter:
+    return JsonFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_FORMAT)
+
+
+def configure(settings: Settings) -> None:
+    """The root logger's handler, unless one is set already (by a test, or an embedding
+    application)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter(settings))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+
+
+def uvicorn_log_config(settings: Settings) -> dict[str, Any]:
+    """uvicorn's own loggers (startup, errors, its access log): its default text, or JSON."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    if settings.log_format != "json":
+        return LOGGING_CONFIG
+    config: dict[str, Any] = json.loads(json.dumps(LOGGING_CONFIG))  # a deep copy
+    for name in config["formatters"]:
+        config["formatters"][name] = {"()": f"{__name__}.JsonFormatter"}
+    return config
