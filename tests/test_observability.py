@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.conftest import JWT_SECRET, auth, data, gql, insert_event, make_settings, token
+from tests.helpers import JWT_SECRET, auth, data, gql, insert_event, make_settings, token
 from tests.servers import serve
 from ticketing.app import create_app
 
@@ -117,6 +117,7 @@ def test_production_serves_no_metrics_without_a_token(database_url: str, engine:
         assert client.get("/metrics").status_code == 404
 
 
+@pytest.mark.slow
 def test_every_worker_is_counted(database_url: str, tmp_path: Path, engine: Engine) -> None:
     """Two workers, each request on a new connection so both serve some: one scrape counts
     them all (without multiprocess mode it would show only its own worker's)."""
@@ -146,6 +147,7 @@ def test_every_worker_is_counted(database_url: str, tmp_path: Path, engine: Engi
     assert len(served_by) == 2, served_by
 
 
+@pytest.mark.slow
 def test_json_logs_name_request_operation_outcome_and_customer_never_the_token(
     database_url: str, tmp_path: Path, engine: Engine
 ) -> None:
