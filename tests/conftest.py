@@ -47,6 +47,31 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.cleanup()
 
 
+@pytest.fixture
+def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
+    """A PostgreSQL server of this test's own, so that it can be stopped and started."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("own-pg"), cleanup_mode="stop")
+    socket_dir = make_url(server.get_uri()).query["host"]
+    yield server, migrated_database(f"postgresql+psycopg2://postgres@/postgres?host={socket_dir}")
+    server.cleanup()
+
+
+def migrated_database(maintenance_url: str) -> str:
+    """The URL of a new database `ticketing` at the latest migration, on the server of
+    `maintenance_url` (its `postgres` database)."""
+    admin = sa.create_engine(maintenance_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as connection:
+        connection.execute(sa.text("CREATE DATABASE ticketing"))
+    admin.dispose()
+    url = make_url(maintenance_url).set(database="ticketing").render_as_string(hide_password=False)
+    engine = create_db_engine(url)
+    migrations.upgrade(engine)
+    engine.dispose()
+    return url
+
+
 class Databases:
     """Creates throwaway databases on the test server and drops them at the end."""
 
