@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine, make_url
 from starlette.testclient import TestClient
 
-from tests.helpers import DatabaseClock, Databases, clean_tables, make_settings
+from tests.helpers import DatabaseClock, Databases, clean_tables, make_settings, migrated_database
 from ticketing import migrations
 from ticketing.app import create_app
 from ticketing.db import create_db_engine
@@ -34,6 +35,17 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
     socket_dir = make_url(server.get_uri()).query["host"]
     yield f"postgresql+psycopg2://postgres@/postgres?host={socket_dir}"
+    server.cleanup()
+
+
+@pytest.fixture
+def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
+    """A PostgreSQL server of this test's own, so that it can be stopped and started."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("own-pg"), cleanup_mode="stop")
+    socket_dir = make_url(server.get_uri()).query["host"]
+    yield server, migrated_database(f"postgresql+psycopg2://postgres@/postgres?host={socket_dir}")
     server.cleanup()
 
 

@@ -14,8 +14,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from starlette.testclient import TestClient
 
+from ticketing import migrations
 from ticketing.api.ids import key_of, to_global_id
 from ticketing.auth import mint_token
+from ticketing.db import create_db_engine
 from ticketing.domain.audit import hold_mismatches, inventory_mismatches, waitlist_mismatches
 from ticketing.settings import Settings
 
@@ -263,3 +265,17 @@ def snapshot(engine: Engine) -> list[Any]:
 
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def migrated_database(maintenance_url: str) -> str:
+    """The URL of a new database `ticketing` at the latest migration, on the server of
+    `maintenance_url` (its `postgres` database)."""
+    admin = sa.create_engine(maintenance_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as connection:
+        connection.execute(sa.text("CREATE DATABASE ticketing"))
+    admin.dispose()
+    url = make_url(maintenance_url).set(database="ticketing").render_as_string(hide_password=False)
+    engine = create_db_engine(url)
+    migrations.upgrade(engine)
+    engine.dispose()
+    return url

@@ -30,10 +30,10 @@ from tests.helpers import (
     invariant_violations,
     lock_event_row,
     make_settings,
+    migrated_database,
     snapshot,
 )
 from tests.servers import client_limits, free_port, serve
-from ticketing import migrations
 from ticketing.api.ids import key_of
 from ticketing.api.schema import (
     ANSWER_INCOMPLETE_MESSAGE,
@@ -155,29 +155,6 @@ def test_operations_across_many_events_never_deadlock(engine: Engine) -> None:
     assert not [result for result in results if result.startswith("unavailable")]
     assert results.count("ok") > 100
     assert invariant_violations(engine) == []
-
-
-@pytest.fixture
-def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
-    """A PostgreSQL server of this test's own, so that it can be stopped and started."""
-    server = pgserver.get_server(tmp_path_factory.mktemp("own-pg"), cleanup_mode="stop")
-    socket_dir = make_url(server.get_uri()).query["host"]
-    yield server, migrated_database(f"postgresql+psycopg2://postgres@/postgres?host={socket_dir}")
-    server.cleanup()
-
-
-def migrated_database(maintenance_url: str) -> str:
-    """The URL of a new database `ticketing` at the latest migration, on the server of
-    `maintenance_url` (its `postgres` database)."""
-    admin = sa.create_engine(maintenance_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    with admin.connect() as connection:
-        connection.execute(sa.text("CREATE DATABASE ticketing"))
-    admin.dispose()
-    url = make_url(maintenance_url).set(database="ticketing").render_as_string(hide_password=False)
-    engine = create_db_engine(url)
-    migrations.upgrade(engine)
-    engine.dispose()
-    return url
 
 
 async def eventually(condition: Callable[[], bool], within_s: float, what: str) -> None:

@@ -146,6 +146,7 @@ def _serve(args: argparse.Namespace) -> int:
         "ticketing.app:create_app",
         factory=True,
         http="ticketing.server:HttpProtocol",
+        ws="ticketing.server:WebSocketProtocol",
         host=host,
         port=port,
         workers=workers,

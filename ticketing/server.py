@@ -1,5 +1,7 @@
-"""The HTTP/1.1 protocol `ticketing serve` runs uvicorn with: its httptools protocol, plus
-limits on the request head (request line and header fields) that uvicorn doesn't have.
+"""The protocols `ticketing serve` runs uvicorn with.
+
+HTTP/1.1: uvicorn's httptools protocol, plus limits on the request head (request line and
+header fields) that uvicorn doesn't have.
 
 Without them a header was buffered whole however large (a 64 MB one was accepted), a client
 could hold a connection open for ever by never finishing its headers (slowloris), and a URL
@@ -12,6 +14,9 @@ over 64 KiB got a plain-text 400 from the parser. Here:
 - an idle connection whose next request has already arrived is not closed by the keep-alive
   timeout.
 Refusals are small JSON answers shaped like the API's other errors, and close the connection.
+
+WebSocket: uvicorn's protocol, except that a client that stops reading loses its connection
+(see `WebSocketProtocol`).
 """
 
 from __future__ import annotations
@@ -20,14 +25,17 @@ import asyncio
 import fcntl
 import json
 import logging
+import socket
 import termios
 from array import array
 from http import HTTPStatus
 from typing import Any
 
 import httptools
+from uvicorn._types import ASGISendEvent
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
 from ticketing.api.errors import ErrorCode
@@ -199,3 +207,43 @@ def _has_unread_data(transport: asyncio.BaseTransport) -> bool:
     waiting = array("i", [0])
     fcntl.ioctl(sock.fileno(), termios.FIONREAD, waiting)
     return waiting[0] > 0
+
+
+# The kernel's send buffer per WebSocket. Left to autotuning it grows to megabytes, which a
+# client that stops reading fills before a send ever waits (so before the hub can tell it has
+# stopped); live messages are small, and this is still hundreds of them.
+WEBSOCKET_SEND_BUFFER_BYTES = 64 * 1024
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's closes wait until the client has read everything sent before them: a client
+    that stopped reading kept its connection (and its subscriptions' tasks) for ever, the
+    app's close (a dropped slow subscriber) and the keep-alive timeout notwithstanding.
+    Here those connections are aborted instead."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WEBSOCKET_SEND_BUFFER_BYTES)
+        super().connection_made(transport)
+
+    async def send(self, message: ASGISendEvent) -> None:
+        if (
+            message["type"] == "websocket.close"
+            and self.handshake_complete
+            and not self.writable.is_set()
+            and not self.close_sent
+        ):
+            # The send buffer is full: the client isn't reading, and a close frame would
+            # wait behind what it hasn't read. Blocked sends then raise ClientDisconnected.
+            self.transport.abort()
+            return
+        await super().send(message)
+        if self.close_timer is not None:
+            # No answer to the close in time: drop the connection, unsent data or not.
+            self.close_timer.cancel()
+            self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self.transport.abort()

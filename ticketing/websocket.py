@@ -8,6 +8,7 @@ limit, and gives each connection a context with the process's live hub.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import uuid
@@ -17,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.types.unset import UnsetType
@@ -88,9 +89,16 @@ class GraphQLWebSocket(GraphQL[WebSocketContext, None]):
     async def get_context(self, request: Any, response: Any) -> WebSocketContext:
         websocket: WebSocket = request
 
+        dropped = False
+
         def drop() -> None:
+            # Each of the connection's subscriptions may find it stuck: close it once.
+            nonlocal dropped
+            if dropped:
+                return
+            dropped = True
             logger.info("Dropping a WebSocket subscriber that stopped reading")
-            closing = asyncio.ensure_future(websocket.close(code=4408, reason="Too slow to read"))
+            closing = asyncio.ensure_future(self._close_slow(websocket))
             self.closing.add(closing)
             closing.add_done_callback(self.closing.discard)
 
@@ -102,6 +110,12 @@ class GraphQLWebSocket(GraphQL[WebSocketContext, None]):
             drop_connection=drop,
             upgrade_authorization=websocket.headers.get("authorization"),
         )
+
+    @staticmethod
+    async def _close_slow(websocket: WebSocket) -> None:
+        # The client may have gone, or the connection been closed, meanwhile.
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await websocket.close(code=4408, reason="Too slow to read")
 
     async def on_ws_connect(self, context: WebSocketContext) -> UnsetType:
         """The token in `connection_init`'s payload, else the upgrade request's header, with

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from datetime import UTC, datetime
 
 import psycopg2
@@ -24,7 +25,9 @@ from ticketing.live.hub import Hub
 logger = logging.getLogger("ticketing.live")
 
 CHANNELS = ("ticketing_event", "ticketing_reservation")
-FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.1, 5.0
+# Subscribers must have the current value within seconds of the database's return: a
+# process waits at most this long between attempts (a connection attempt is cheap).
+FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.1, 2.0
 # A silent connection (a network partition) is noticed by TCP keepalives within about this.
 KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2}
 
@@ -87,7 +90,11 @@ class Listener:
         """Hand each announcement to the hub until the connection fails."""
         loop = asyncio.get_running_loop()
         readable = asyncio.Event()
-        loop.add_reader(connection.fileno(), readable.set)
+        # Watch a duplicate of the socket: libpq closes its own when the server goes, and the
+        # event loop (uvloop) then kept a stale watch on that number, so that the next socket
+        # to get it (an HTTP client's) was never read.
+        watched = os.dup(connection.fileno())
+        loop.add_reader(watched, readable.set)
         try:
             while True:
                 await readable.wait()
@@ -96,7 +103,8 @@ class Listener:
                 while connection.notifies:
                     self._dispatch(connection.notifies.pop(0))
         finally:
-            loop.remove_reader(connection.fileno())
+            loop.remove_reader(watched)
+            os.close(watched)
 
     def _dispatch(self, notice: psycopg2.extensions.Notify) -> None:
         if notice.channel == "ticketing_event":
