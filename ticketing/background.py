@@ -9,6 +9,7 @@ from datetime import timedelta
 from ticketing import metrics
 from ticketing.db import Database, DatabaseUnavailable
 from ticketing.domain import expiry, idempotency
+from ticketing.logs import Outage
 from ticketing.settings import Settings
 
 logger = logging.getLogger("ticketing")
@@ -31,6 +32,7 @@ async def purge_idempotency_keys(db: Database, settings: Settings) -> None:
 async def release_expired_holds(db: Database, settings: Settings) -> None:
     """Settle the events whose holds ran out, so that they expire on time on quiet events too
     (busy ones settle on their next lock)."""
+    outage = Outage(logger, "Releasing expired holds")
     while True:
         due: list[int] = []
         try:
@@ -39,8 +41,9 @@ async def release_expired_holds(db: Database, settings: Settings) -> None:
                 # All of them are locked by others: wait for one. A hot event whose attempts
                 # are all refused (rolling back their release) settles only so.
                 await db.run(expiry.settle(due[0]))
+            outage.succeeded()
         except DatabaseUnavailable as error:
-            logger.warning("Could not release expired holds: %s", error)
+            outage.failed(error)
         except Exception:
             # The sweep must outlive any one failure; the next round tries again.
             logger.exception("Releasing expired holds failed")

@@ -56,3 +56,24 @@ def uvicorn_log_config(settings: Settings) -> dict[str, Any]:
     for name in config["formatters"]:
         config["formatters"][name] = {"()": f"{__name__}.JsonFormatter"}
     return config
+
+
+class Outage:
+    """A failure that repeats on every retry, reported once: a warning when it starts and a
+    line when it ends, so that a database outage doesn't write a warning every 0.25 s."""
+
+    def __init__(self, logger: logging.Logger, what: str) -> None:
+        self._logger, self._what = logger, what
+        self.ongoing = False
+
+    def failed(self, error: BaseException) -> None:
+        if self.ongoing:
+            self._logger.debug("%s still failing: %s", self._what, error)
+            return
+        self.ongoing = True
+        self._logger.warning("%s failed (retrying, quietly until it works): %s", self._what, error)
+
+    def succeeded(self) -> None:
+        if self.ongoing:
+            self.ongoing = False
+            self._logger.info("%s works again", self._what)

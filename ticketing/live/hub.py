@@ -25,6 +25,7 @@ from ticketing.db import Database, DatabaseUnavailable
 from ticketing.domain import catalog
 from ticketing.domain.models import Event, Reservation
 from ticketing.live.mailbox import Mailbox
+from ticketing.logs import Outage
 
 logger = logging.getLogger("ticketing.live")
 K = TypeVar("K", int, str)
@@ -44,6 +45,7 @@ class Hub:
         self._last_read: dict[Hashable, float] = {}
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._outage = Outage(logger, "Reading changes for live updates")
 
     @property
     def subscriptions(self) -> int:
@@ -141,11 +143,12 @@ class Hub:
             try:
                 await self._deliver(events, [key for keys in taken.values() for key in keys])
             except DatabaseUnavailable as error:
-                logger.warning("Live updates delayed: %s", error)
+                self._outage.failed(error)
                 self._dirty_events.update(events)
                 for customer, keys in taken.items():
                     self._dirty_reservations[customer].update(keys)
                 return RETRY_AFTER_S
+            self._outage.succeeded()
             for key in events:
                 self._last_read["event", key] = now
             for customer in taken:
