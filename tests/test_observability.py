@@ -174,4 +174,6 @@ def test_json_logs_name_request_operation_outcome_and_customer_never_the_token(
     assert access["customer"] == "carol"
     assert access["status"] == 200
     assert access["duration_ms"] > 0
+    # One line per request: uvicorn's own access line would only repeat it.
+    assert [line for line in lines if line["logger"] == "uvicorn.access"] == []
     assert secret not in server.output()

@@ -152,6 +152,9 @@ def _serve(args: argparse.Namespace) -> int:
         workers=workers,
         log_level=settings.log_level,
         log_config=logs.uvicorn_log_config(settings),
+        # `ticketing.access` writes one line per GraphQL request, with its operation, outcome
+        # and request id: uvicorn's own line for the same request would only repeat it.
+        access_log=False,
         timeout_graceful_shutdown=30,
         timeout_keep_alive=settings.keepalive_timeout_s,
     )
