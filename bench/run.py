@@ -766,9 +766,10 @@ def _watched_report(row: WatchedMeasured) -> list[str]:
     return [
         "",
         f"Hot sale with {live.SUBSCRIPTIONS:,} subscribers: `eventChanged` on the hot event over "
-        f"{live.CONNECTIONS:,} WebSocket connections (graphql-transport-ws, permessage-deflate "
-        "as browsers ask) from one asyncio process on this machine (bench/subscribers.py), "
-        "connected before the hot sale's warm-up; against the same hot sale without them just "
+        f"{live.CONNECTIONS:,} WebSocket connections (graphql-transport-ws; they ask for "
+        "permessage-deflate as browsers do, which the service declines by default) from one "
+        "asyncio process on this machine (bench/subscribers.py), connected before the hot "
+        "sale's warm-up; against the same hot sale without them just "
         "before (medians). Commit to subscriber: from a commit until a subscriber holds that "
         "value or a newer one (every subscriber, evenly spaced commits; it includes the 100 ms "
         "coalescing); message delay: from the commit of the value a message carries to its "

@@ -147,6 +147,7 @@ def _serve(args: argparse.Namespace) -> int:
         factory=True,
         http="ticketing.server:HttpProtocol",
         ws="ticketing.server:WebSocketProtocol",
+        ws_per_message_deflate=settings.websocket_compression,
         host=host,
         port=port,
         workers=workers,

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = Field(default=500, ge=1)
     # Open WebSocket connections per worker; more are closed at once with 1013 (try later).
     max_websocket_connections: int = Field(default=10_000, ge=1)
+    # permessage-deflate, which browsers ask for: messages of a few hundred bytes gain little,
+    # and each connection's compressor costs about 40 KiB and CPU for every message.
+    websocket_compression: bool = False
     max_query_tokens: int = Field(default=2000, ge=100)
     max_query_depth: int = Field(default=15, ge=2)
     max_query_aliases: int = Field(default=30, ge=0)
