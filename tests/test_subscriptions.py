@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,8 +15,9 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from tests.graphql_documents import RESERVE_ID
-from tests.helpers import DatabaseClock, auth, data, gql, insert_event, token
+from tests.helpers import ORGANIZER, DatabaseClock, auth, data, gql, insert_event, token
 from ticketing.api.ids import to_global_id
+from ticketing.api.sharing import shared_results
 from ticketing.settings import Settings
 
 PROTOCOL = "graphql-transport-ws"
@@ -210,3 +212,41 @@ def test_a_hold_that_runs_out_is_told_to_its_customer(
         # The sweeper releases it; its customer hears at once.
         expired = next_data(ws)["myReservationChanged"]
         assert (expired["id"], expired["status"]) == (held, "EXPIRED")
+
+
+def test_subscribers_of_the_same_document_share_one_execution_per_change(
+    client: TestClient, engine: Engine
+) -> None:
+    event_id = insert_event(engine, capacity=10)
+    with contextlib.ExitStack() as stack:
+        watchers = [stack.enter_context(connected(client)) for _ in range(3)]
+        watchers.append(stack.enter_context(connected(client, headers=auth("alice"))))
+        for ws in watchers:
+            subscribe(ws, EVENT_CHANGED, {"id": event_id})
+            next_data(ws)  # each reads the event now on its own
+        executed, shared = shared_results.executed, shared_results.shared
+        reserve(client, event_id, 3)
+        for ws in watchers:
+            assert next_data(ws)["eventChanged"]["ticketsAvailable"] == 7
+    # Signed in or not: these fields show everyone the same.
+    assert (shared_results.executed - executed, shared_results.shared - shared) == (1, 3)
+
+
+def test_what_depends_on_the_viewer_is_never_shared(client: TestClient, engine: Engine) -> None:
+    """Whichever subscriber's execution comes first, the organizer sees the reservations and
+    the others see null."""
+    event_id = insert_event(engine, capacity=10)
+    query = """subscription($id: ID!) {
+        eventChanged(id: $id) { ticketsAvailable reservations { totalCount } } }"""
+    viewers: list[dict[str, str]] = [{}, ORGANIZER, auth("alice"), {}, ORGANIZER]
+    with contextlib.ExitStack() as stack:
+        watchers = [stack.enter_context(connected(client, headers=who)) for who in viewers]
+        for ws in watchers:
+            subscribe(ws, query, {"id": event_id})
+            next_data(ws)
+        reserve(client, event_id, 2)
+        seen = [next_data(ws)["eventChanged"] for ws in watchers]
+    assert seen == [
+        {"ticketsAvailable": 8, "reservations": {"totalCount": 1} if who is ORGANIZER else None}
+        for who in viewers
+    ]

@@ -24,6 +24,7 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.types.unset import UnsetType
 
 from ticketing.api.context import Context
+from ticketing.api.sharing import SharedData
 from ticketing.auth import AuthenticationError, TokenRules, authenticate
 from ticketing.db import Database
 from ticketing.live.hub import Hub
@@ -80,6 +81,15 @@ class GraphQLWebSocket(GraphQL[WebSocketContext, None]):
             await super().__call__(scope, receive, send)
         finally:
             self.open -= 1
+
+    def encode_json(self, message: object) -> str | bytes:
+        # A message whose data other subscribers share is encoded once (see `sharing`).
+        if isinstance(message, dict) and message.get("type") == "next":
+            payload = message["payload"]
+            data = payload.get("data")
+            if isinstance(data, SharedData) and len(payload) == 1:
+                return data.next_message(message["id"])
+        return super().encode_json(message)
 
     def is_websocket_origin_allowed(self, request: WebSocket, origin: str) -> bool:
         if self.local_origins is not None and self.local_origins.fullmatch(origin):

@@ -36,11 +36,25 @@ class HistoryPage(NamedTuple):
     limit: int
 
 
+class _CountedReads:
+    """The viewer, counting its reads: a subscription message that never read the viewer shows
+    the same to everyone, so it may be shared (see `ticketing.api.sharing`)."""
+
+    def __get__(self, context: Context | None, owner: type | None = None) -> Actor | None:
+        if context is None:
+            raise AttributeError("viewer")  # for dataclasses: the field has no default
+        context.viewer_reads += 1
+        return context.signed_in
+
+    def __set__(self, context: Context, viewer: Actor | None) -> None:
+        context.signed_in = viewer
+
+
 @dataclass
 class Context:
     db: Database
-    viewer: Actor | None
     request_id: str
+    viewer: _CountedReads = _CountedReads()
     # As the client sent it: Strawberry fills in the first operation's name when it is missing.
     operation_name: str | None = None
     idempotency_key: str | None = None  # the Idempotency-Key header
@@ -50,6 +64,8 @@ class Context:
     connection_params: dict[str, object] | None = None
     drop_connection: Callable[[], object] = lambda: None
     loaders: Loaders = field(init=False)
+    signed_in: Actor | None = field(default=None, init=False, repr=False)
+    viewer_reads: int = field(default=0, init=False)
     # Whether a mutation of this request has changed something (mutations run in order).
     made_changes: bool = field(default=False, init=False)
     # The operation run, named by the request or else by its document (for metrics and logs).

@@ -25,6 +25,7 @@ from ticketing.api.errors import ErrorCode, request_error
 from ticketing.api.events import EventMutations
 from ticketing.api.queries import Query
 from ticketing.api.reservations import ReservationMutations
+from ticketing.api.sharing import SharingExecutionContext
 from ticketing.api.subscriptions import Subscription
 from ticketing.api.types import Event, Reservation
 from ticketing.api.validation import (
@@ -198,6 +199,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         subscription=Subscription,
         types=[Event, Reservation],
         config=StrawberryConfig(name_converter=MemoizedNameConverter()),
+        execution_context_class=SharingExecutionContext,
         extensions=extensions,
     )
 

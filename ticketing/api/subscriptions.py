@@ -11,7 +11,7 @@ from ticketing.api.context import Info
 from ticketing.api.errors import ErrorCode, request_error
 from ticketing.api.ids import key_of
 from ticketing.api.types import Event, Reservation
-from ticketing.domain import catalog
+from ticketing.domain import catalog, models
 from ticketing.live.hub import Hub
 
 MAX_EVENTS_WATCHED = 100
@@ -62,17 +62,21 @@ class Subscription:
     async def my_reservation_changed(self, info: Info) -> AsyncGenerator[Reservation, None]:
         viewer = info.context.require_viewer()
         hub = _hub(info)
-        async with hub.watching_customer(viewer.customer_id, info.context.drop_connection) as box:
+        async with hub.watching_customer(
+            viewer.customer_id, _present_reservation, info.context.drop_connection
+        ) as mailbox:
             while True:
-                reservation, event = await box.take()
+                reservation = await mailbox.take()
                 info.context.fresh_loaders()
-                yield Reservation.from_model(reservation, event)
+                yield reservation
 
 
 async def _watch_events(info: Info, ids: list[strawberry.ID]) -> AsyncGenerator[Event, None]:
     keys = [key_of(id, "Event") for id in ids]
     known = sorted({key for key in keys if key is not None})
-    async with _hub(info).watching_events(known, info.context.drop_connection) as mailbox:
+    async with _hub(info).watching_events(
+        known, Event.from_model, info.context.drop_connection
+    ) as mailbox:
         # Read after watching: a change in between is announced, not lost.
         current = await info.context.db.run_autocommit(
             lambda session: catalog.events_by_id(session, known)
@@ -85,7 +89,11 @@ async def _watch_events(info: Info, ids: list[strawberry.ID]) -> AsyncGenerator[
         while True:
             event = await mailbox.take()
             info.context.fresh_loaders()
-            yield Event.from_model(event)
+            yield event
+
+
+def _present_reservation(rows: tuple[models.Reservation, models.Event]) -> Reservation:
+    return Reservation.from_model(*rows)
 
 
 def _hub(info: Info) -> Hub:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -24,7 +24,7 @@ from sqlmodel import Session
 from ticketing.db import Database, DatabaseUnavailable
 from ticketing.domain import catalog
 from ticketing.domain.models import Event, Reservation
-from ticketing.live.mailbox import Mailbox
+from ticketing.live.mailbox import Mailbox, Present
 from ticketing.logs import Outage
 
 logger = logging.getLogger("ticketing.live")
@@ -94,10 +94,11 @@ class Hub:
 
     @asynccontextmanager
     async def watching_events(
-        self, event_ids: Sequence[int], drop: Callable[[], object]
+        self, event_ids: Sequence[int], present: Present, drop: Callable[[], object]
     ) -> AsyncIterator[Mailbox]:
-        """A mailbox that receives each of the events whenever it changes."""
-        mailbox = Mailbox(drop)
+        """A mailbox that receives each of the events whenever it changes, as `present`
+        makes it from the event's row."""
+        mailbox = Mailbox(present, drop)
         for event_id in event_ids:
             self._event_watchers[event_id].add(mailbox)
         try:
@@ -108,10 +109,11 @@ class Hub:
 
     @asynccontextmanager
     async def watching_customer(
-        self, customer_id: str, drop: Callable[[], object]
+        self, customer_id: str, present: Present, drop: Callable[[], object]
     ) -> AsyncIterator[Mailbox]:
-        """A mailbox that receives each of the customer's reservations whenever it changes."""
-        mailbox = Mailbox(drop)
+        """A mailbox that receives each of the customer's reservations whenever it changes, as
+        `present` makes it from the reservation's and its event's rows."""
+        mailbox = Mailbox(present, drop)
         self._customer_watchers[customer_id].add(mailbox)
         try:
             yield mailbox
@@ -176,12 +178,22 @@ class Hub:
         events, reservations = await self._db.run_autocommit(read)
         for event_id in event_ids:
             if event_id in events:
-                for mailbox in list(self._event_watchers.get(event_id, ())):
-                    mailbox.put(event_id, events[event_id])
+                _hand_out(self._event_watchers.get(event_id, ()), event_id, events[event_id])
         for key, reservation in reservations.items():
             value = (reservation, events[reservation.event_id])
-            for mailbox in list(self._customer_watchers.get(reservation.customer_id, ())):
-                mailbox.put(key, value)
+            _hand_out(self._customer_watchers.get(reservation.customer_id, ()), key, value)
+
+
+def _hand_out(mailboxes: Iterable[Mailbox], key: Hashable, value: object) -> None:
+    """The value to each mailbox, presented once per way of presenting it: the subscribers
+    that present it alike get one object, and can share one message (see
+    `ticketing.api.sharing`)."""
+    presented: dict[Present, object] = {}
+    for mailbox in list(mailboxes):
+        shown = presented.get(mailbox.present)
+        if shown is None:
+            shown = presented[mailbox.present] = mailbox.present(value)
+        mailbox.put(key, shown)
 
 
 def _forget(watchers: dict[K, set[Mailbox]], key: K, mailbox: Mailbox) -> None:

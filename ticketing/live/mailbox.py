@@ -13,12 +13,16 @@ STUCK_AFTER_S = 10.0
 # Distinct keys (reservations, events) one subscription may have waiting.
 MAX_WAITING = 1000
 
+# What a subscription makes of a changed row (or rows) before sending it.
+Present = Callable[[Any], object]
+
 
 class Mailbox:
     """A newer value for a key replaces the one waiting, so a slow reader skips to the
     latest and memory stays bounded by the number of keys."""
 
-    def __init__(self, drop: Callable[[], object]) -> None:
+    def __init__(self, present: Present, drop: Callable[[], object]) -> None:
+        self.present = present
         self._waiting: dict[Hashable, Any] = {}
         self._ready = asyncio.Event()
         self._waiting_since: float | None = None
