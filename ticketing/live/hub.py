@@ -33,6 +33,9 @@ K = TypeVar("K", int, str)
 MIN_INTERVAL_S = 0.1
 # After a failed read, the dirty keys wait this long before the next try.
 RETRY_AFTER_S = 0.5
+# Subscribers woken per turn of the event loop: each sends its message when woken, so waking a
+# thousand at once would keep the loop from HTTP requests for tens of milliseconds.
+WOKEN_PER_TURN = 64
 
 
 class Hub:
@@ -178,22 +181,24 @@ class Hub:
         events, reservations = await self._db.run_autocommit(read)
         for event_id in event_ids:
             if event_id in events:
-                _hand_out(self._event_watchers.get(event_id, ()), event_id, events[event_id])
+                await _hand_out(self._event_watchers.get(event_id, ()), event_id, events[event_id])
         for key, reservation in reservations.items():
             value = (reservation, events[reservation.event_id])
-            _hand_out(self._customer_watchers.get(reservation.customer_id, ()), key, value)
+            await _hand_out(self._customer_watchers.get(reservation.customer_id, ()), key, value)
 
 
-def _hand_out(mailboxes: Iterable[Mailbox], key: Hashable, value: object) -> None:
+async def _hand_out(mailboxes: Iterable[Mailbox], key: Hashable, value: object) -> None:
     """The value to each mailbox, presented once per way of presenting it: the subscribers
     that present it alike get one object, and can share one message (see
     `ticketing.api.sharing`)."""
     presented: dict[Present, object] = {}
-    for mailbox in list(mailboxes):
+    for count, mailbox in enumerate(list(mailboxes), start=1):
         shown = presented.get(mailbox.present)
         if shown is None:
             shown = presented[mailbox.present] = mailbox.present(value)
         mailbox.put(key, shown)
+        if count % WOKEN_PER_TURN == 0:
+            await asyncio.sleep(0)  # those woken so far send before the next are woken
 
 
 def _forget(watchers: dict[K, set[Mailbox]], key: K, mailbox: Mailbox) -> None:
