@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
+from prometheus_client import REGISTRY
 from sqlalchemy.engine import Engine, make_url
 from starlette.testclient import TestClient
 
@@ -279,3 +280,8 @@ def migrated_database(maintenance_url: str) -> str:
     migrations.upgrade(engine)
     engine.dispose()
     return url
+
+
+def sample(name: str, **labels: str) -> float:
+    """A metric's value in this process (the tests' app records into the default registry)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0

@@ -6,6 +6,7 @@ import asyncio
 import socket
 from contextlib import AsyncExitStack
 
+import pytest
 from sqlalchemy.engine import Engine
 
 from tests.helpers import insert_event
@@ -14,16 +15,18 @@ from ticketing.db import Database
 from ticketing.live.hub import WOKEN_PER_TURN, Hub
 from ticketing.live.mailbox import Mailbox
 
-SUBSCRIBERS = 5 * WOKEN_PER_TURN
 
-
+@pytest.mark.parametrize(
+    ("events", "watchers_per_event"),
+    [(1, 5 * WOKEN_PER_TURN), (5, WOKEN_PER_TURN - 1)],
+    ids=["one event", "several events"],
+)
 def test_handing_out_a_change_lets_the_event_loop_serve_io_between_subscribers(
-    engine: Engine,
+    engine: Engine, events: int, watchers_per_event: int
 ) -> None:
     """Each woken subscriber sends its message before it yields: woken all at once, they
     would hold back every request's I/O until the last one had sent."""
-    event_key = key_of(insert_event(engine), "Event")
-    assert event_key is not None
+    event_keys = [key_of(insert_event(engine), "Event") for _ in range(events)]
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -48,18 +51,22 @@ def test_handing_out_a_change_lets_the_event_loop_serve_io_between_subscribers(
         try:
             async with AsyncExitStack() as stack:
                 tasks = []
-                for _ in range(SUBSCRIBERS):
-                    mailbox = await stack.enter_async_context(
-                        hub.watching_events([event_key], lambda row: row, lambda: None)
-                    )
-                    tasks.append(asyncio.create_task(subscriber(mailbox)))
-                hub.event_changed(event_key)
+                for event_key in event_keys:
+                    assert event_key is not None
+                    for _ in range(watchers_per_event):
+                        mailbox = await stack.enter_async_context(
+                            hub.watching_events([event_key], lambda row: row, lambda: None)
+                        )
+                        tasks.append(asyncio.create_task(subscriber(mailbox)))
+                for event_key in event_keys:
+                    assert event_key is not None
+                    hub.event_changed(event_key)
                 await asyncio.wait_for(asyncio.gather(*tasks), 10)
         finally:
             await hub.stop()
             reader.close()
             writer.close()
-        assert received == SUBSCRIBERS
+        assert received == events * watchers_per_event
         return served_after[0]
 
     # Served after the subscribers woken in that turn of the loop and the next, not all.

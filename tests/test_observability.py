@@ -9,23 +9,26 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.helpers import JWT_SECRET, auth, data, gql, insert_event, make_settings, token
+from tests.helpers import (
+    JWT_SECRET,
+    auth,
+    data,
+    gql,
+    insert_event,
+    make_settings,
+    sample,
+    token,
+)
 from tests.servers import serve
 from ticketing.app import create_app
 
 RESERVE = """mutation Reserve($input: CreateReservationInput!) { createReservation(input: $input) {
   __typename ... on ReservationPayload { reservation { id } } } }"""
 EVENTS = "query Browse { events(first: 1) { totalCount } }"
-
-
-def sample(name: str, **labels: str) -> float:
-    """A metric's value in this process (the tests' app records into the default registry)."""
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture

@@ -15,9 +15,19 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from tests.graphql_documents import RESERVE_ID
-from tests.helpers import ORGANIZER, DatabaseClock, auth, data, gql, insert_event, token
+from tests.helpers import (
+    ORGANIZER,
+    DatabaseClock,
+    auth,
+    data,
+    gql,
+    insert_event,
+    sample,
+    token,
+)
+from ticketing.api.context import Loaders
 from ticketing.api.ids import to_global_id
-from ticketing.api.sharing import shared_results
+from ticketing.db import DatabaseUnavailable
 from ticketing.settings import Settings
 
 PROTOCOL = "graphql-transport-ws"
@@ -214,6 +224,10 @@ def test_a_hold_that_runs_out_is_told_to_its_customer(
         assert (expired["id"], expired["status"]) == (held, "EXPIRED")
 
 
+def messages(execution: str) -> float:
+    return sample("ticketing_subscription_messages_total", execution=execution)
+
+
 def test_subscribers_of_the_same_document_share_one_execution_per_change(
     client: TestClient, engine: Engine
 ) -> None:
@@ -224,12 +238,12 @@ def test_subscribers_of_the_same_document_share_one_execution_per_change(
         for ws in watchers:
             subscribe(ws, EVENT_CHANGED, {"id": event_id})
             next_data(ws)  # each reads the event now on its own
-        executed, shared = shared_results.executed, shared_results.shared
+        executed, shared = messages("executed"), messages("shared")
         reserve(client, event_id, 3)
         for ws in watchers:
             assert next_data(ws)["eventChanged"]["ticketsAvailable"] == 7
     # Signed in or not: these fields show everyone the same.
-    assert (shared_results.executed - executed, shared_results.shared - shared) == (1, 3)
+    assert (messages("executed") - executed, messages("shared") - shared) == (1, 3)
 
 
 def test_what_depends_on_the_viewer_is_never_shared(client: TestClient, engine: Engine) -> None:
@@ -250,3 +264,70 @@ def test_what_depends_on_the_viewer_is_never_shared(client: TestClient, engine: 
         {"ticketsAvailable": 8, "reservations": {"totalCount": 1} if who is ORGANIZER else None}
         for who in viewers
     ]
+
+
+# Two versions of an app: the same operation, a fragment that gained a field.
+SAME_OPERATION = "subscription($id: ID!) { eventChanged(id: $id) { ...Shown } }\n"
+
+
+def test_documents_that_differ_in_a_fragment_are_not_shared(
+    client: TestClient, engine: Engine
+) -> None:
+    event_id = insert_event(engine, capacity=10)
+    old = SAME_OPERATION + "fragment Shown on Event { name }"
+    new = SAME_OPERATION + "fragment Shown on Event { name ticketsAvailable }"
+    with connected(client) as first, connected(client) as second:
+        subscribe(first, old, {"id": event_id})
+        assert next_data(first)["eventChanged"] == {"name": "Concert"}
+        subscribe(second, new, {"id": event_id})
+        assert next_data(second)["eventChanged"] == {"name": "Concert", "ticketsAvailable": 10}
+        reserve(client, event_id, 3)
+        assert next_data(first)["eventChanged"] == {"name": "Concert"}
+        assert next_data(second)["eventChanged"] == {"name": "Concert", "ticketsAvailable": 7}
+
+
+def test_a_root_field_in_a_fragment_gets_its_own_answer(client: TestClient, engine: Engine) -> None:
+    """Both subscriptions get the same event object from the hub, through operations that
+    read alike."""
+    event_id = insert_event(engine, capacity=10)
+    operation = "subscription { ...Root }\n"
+    one = operation + f'fragment Root on Subscription {{ eventChanged(id: "{event_id}") {{ id }} }}'
+    many = (
+        operation
+        + f'fragment Root on Subscription {{ eventsChanged(ids: ["{event_id}"]) {{ id }} }}'
+    )
+    with connected(client) as first, connected(client) as second:
+        subscribe(first, one)
+        next_data(first)
+        subscribe(second, many)
+        next_data(second)
+        reserve(client, event_id, 1)
+        assert next_data(first) == {"eventChanged": {"id": event_id}}
+        assert next_data(second) == {"eventsChanged": {"id": event_id}}
+
+
+def test_a_failed_execution_is_not_handed_to_the_other_subscribers(
+    client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database unavailable a moment while one subscriber's message executes: that one
+    gets the error, and the other executes its own."""
+    event_id = insert_event(engine, capacity=10)
+    query = "subscription($id: ID!) { eventChanged(id: $id) { ticketsAvailable waitlistLength } }"
+    count_waitlists = Loaders._count_waitlists
+    failures = []
+
+    async def once_unavailable(loaders: Loaders, event_ids: list[int]) -> list[int]:
+        if failures:
+            failures.pop()
+            raise DatabaseUnavailable("deadline")
+        return await count_waitlists(loaders, event_ids)
+
+    monkeypatch.setattr(Loaders, "_count_waitlists", once_unavailable)
+    with connected(client) as first, connected(client) as second:
+        for ws in (first, second):
+            subscribe(ws, query, {"id": event_id})
+            next_data(ws)
+        failures.append("next")
+        reserve(client, event_id, 1)
+        payloads = [ws.receive_json()["payload"] for ws in (first, second)]
+    assert sorted("errors" in payload for payload in payloads) == [False, True]

@@ -66,6 +66,14 @@ _ANSWER_CACHE = Counter(
 ANSWER_CACHE_HIT = _ANSWER_CACHE.labels("hit")
 ANSWER_CACHE_JOINED = _ANSWER_CACHE.labels("joined")
 ANSWER_CACHE_MISS = _ANSWER_CACHE.labels("miss")
+_SUBSCRIPTION_MESSAGES = Counter(
+    "ticketing_subscription_messages",
+    "Subscription messages by how they were made (executed, or shared: another subscriber's "
+    "execution of the same document for the same value, see api/sharing.py).",
+    ["execution"],
+)
+SUBSCRIPTION_MESSAGE_EXECUTED = _SUBSCRIPTION_MESSAGES.labels("executed")
+SUBSCRIPTION_MESSAGE_SHARED = _SUBSCRIPTION_MESSAGES.labels("shared")
 # Sampled every second by each worker; summed over the live workers.
 DB_IN_USE = Gauge(
     "ticketing_db_connections_in_use",

@@ -44,10 +44,10 @@ class _CountedReads:
         if context is None:
             raise AttributeError("viewer")  # for dataclasses: the field has no default
         context.viewer_reads += 1
-        return context.signed_in
+        return context._signed_in
 
     def __set__(self, context: Context, viewer: Actor | None) -> None:
-        context.signed_in = viewer
+        context._signed_in = viewer
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Context:
     connection_params: dict[str, object] | None = None
     drop_connection: Callable[[], object] = lambda: None
     loaders: Loaders = field(init=False)
-    signed_in: Actor | None = field(default=None, init=False, repr=False)
+    _signed_in: Actor | None = field(default=None, init=False, repr=False)
     viewer_reads: int = field(default=0, init=False)
     # Whether a mutation of this request has changed something (mutations run in order).
     made_changes: bool = field(default=False, init=False)

@@ -18,6 +18,8 @@ from typing import Any
 from graphql import ExecutionResult
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
+from ticketing import metrics
+
 # Executions kept: each is one changed value seen through one document, and is reused within
 # moments of being made, so a few hundred cover every event changing at once.
 KEPT_RESULTS = 512
@@ -37,7 +39,8 @@ class SharedData(dict[str, Any]):
 
 
 class SharedResults:
-    """Executions by (value, document and variables), at most `size`, the oldest dropped."""
+    """Executions by (value, document and variables), at most `size`, the least recently used
+    dropped first (a subscriber's first message, read for it alone, is never used again)."""
 
     def __init__(self, size: int = KEPT_RESULTS) -> None:
         self._size = size
@@ -46,13 +49,14 @@ class SharedResults:
         self._kept: OrderedDict[tuple[int, Hashable], tuple[object, ExecutionResult]] = (
             OrderedDict()
         )
-        self.executed = self.shared = 0  # messages, for the tests and the metrics
 
     def get(self, value: object, query: Hashable) -> ExecutionResult | None:
-        kept = self._kept.get((id(value), query))
+        key = (id(value), query)
+        kept = self._kept.get(key)
         if kept is None or kept[0] is not value:
             return None
-        self.shared += 1
+        self._kept.move_to_end(key)
+        metrics.SUBSCRIPTION_MESSAGE_SHARED.inc()
         return kept[1]
 
     def keep(self, value: object, query: Hashable, result: ExecutionResult) -> None:
@@ -80,8 +84,13 @@ class SharingExecutionContext(StrawberryGraphQLCoreExecutionContext):
     def execute_operation(self, serially: bool | None = None) -> Any:
         if not self._per_message:
             return super().execute_operation(serially)
+        where = self.operation.loc
+        if where is None:  # not parsed from a text: nothing to tell documents apart by
+            return super().execute_operation(serially)
+        # The whole document (its fragments too) and which of its operations runs.
         query = (
-            self.operation,  # parsed once per document text: one object for all its subscribers
+            where.source.body,
+            where.start,
             json.dumps(self.variable_values.coerced, sort_keys=True, default=str),
         )
         kept = shared_results.get(self.root_value, query)
@@ -97,11 +106,14 @@ class SharingExecutionContext(StrawberryGraphQLCoreExecutionContext):
         return self._keep(await pending, query, reads_before)
 
     def _keep(self, result: Any, query: Hashable, reads_before: int) -> Any:
-        shared_results.executed += 1
+        metrics.SUBSCRIPTION_MESSAGE_EXECUTED.inc()
         # Another subscription of the connection may have read the viewer meanwhile: then the
-        # result is not shared, which costs time but never shows anyone another's data.
-        if self.context_value.viewer_reads != reads_before or not isinstance(
-            result, ExecutionResult
+        # result is not shared, which costs time but never shows anyone another's data. Nor is
+        # a failure (the database unavailable a moment): the next subscriber tries again.
+        if (
+            self.context_value.viewer_reads != reads_before
+            or not isinstance(result, ExecutionResult)
+            or result.errors
         ):
             return result
         if result.data is not None:

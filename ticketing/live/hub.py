@@ -179,26 +179,32 @@ class Hub:
             return catalog.events_by_id(session, sorted(wanted)), reservations
 
         events, reservations = await self._db.run_autocommit(read)
+        woken = 0
         for event_id in event_ids:
             if event_id in events:
-                await _hand_out(self._event_watchers.get(event_id, ()), event_id, events[event_id])
+                watchers = self._event_watchers.get(event_id, ())
+                woken = await _hand_out(watchers, event_id, events[event_id], woken)
         for key, reservation in reservations.items():
             value = (reservation, events[reservation.event_id])
-            await _hand_out(self._customer_watchers.get(reservation.customer_id, ()), key, value)
+            watchers = self._customer_watchers.get(reservation.customer_id, ())
+            woken = await _hand_out(watchers, key, value, woken)
 
 
-async def _hand_out(mailboxes: Iterable[Mailbox], key: Hashable, value: object) -> None:
+async def _hand_out(mailboxes: Iterable[Mailbox], key: Hashable, value: object, woken: int) -> int:
     """The value to each mailbox, presented once per way of presenting it: the subscribers
     that present it alike get one object, and can share one message (see
-    `ticketing.api.sharing`)."""
+    `ticketing.api.sharing`). `woken`: how many subscribers this delivery woke before; returns
+    how many with these."""
     presented: dict[Present, object] = {}
-    for count, mailbox in enumerate(list(mailboxes), start=1):
+    for mailbox in list(mailboxes):
         shown = presented.get(mailbox.present)
         if shown is None:
             shown = presented[mailbox.present] = mailbox.present(value)
         mailbox.put(key, shown)
-        if count % WOKEN_PER_TURN == 0:
+        woken += 1
+        if woken % WOKEN_PER_TURN == 0:
             await asyncio.sleep(0)  # those woken so far send before the next are woken
+    return woken
 
 
 def _forget(watchers: dict[K, set[Mailbox]], key: K, mailbox: Mailbox) -> None:
