@@ -46,7 +46,7 @@ def exported() -> InMemorySpanExporter:
 def traced(
     database_url: str, engine: Engine, exported: InMemorySpanExporter
 ) -> Iterator[TestClient]:
-    app = create_app(make_settings(database_url), tracing.setup({}, exporter=exported))
+    app = create_app(make_settings(database_url), tracing.setup(exporter=exported))
     with TestClient(app) as made:
         yield made
 
@@ -265,11 +265,13 @@ def test_which_variables_turn_tracing_on(environ: dict[str, str], exporters: lis
 
 
 def test_an_unavailable_protocol_or_exporter_leaves_tracing_off(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    grpc = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
-    assert tracing.setup(grpc) is None
-    assert tracing.setup({"OTEL_TRACES_EXPORTER": "zipkin"}) is None
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    assert tracing.setup() is None
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    assert tracing.setup() is None
     warnings = [record.getMessage() for record in caplog.records]
     assert any("grpc is not available" in message for message in warnings), warnings
     assert any("'zipkin' is not available" in message for message in warnings), warnings

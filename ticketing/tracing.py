@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ticketing import logs
+from ticketing.metrics import OTHER, UNNAMED
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -63,12 +64,12 @@ class Tracing:
     """A worker's tracer provider and the hooks that make spans with it."""
 
     def __init__(self, provider: TracerProvider) -> None:
-        from opentelemetry import propagate, trace
+        from opentelemetry import context, propagate, trace
 
         self.provider = provider
         self.tracer: Tracer = provider.get_tracer("ticketing")
         self._extract = propagate.extract
-        self._use_span = trace.use_span
+        self._attach, self._detach = context.attach, context.detach
         self._current_span = trace.get_current_span
         self._set_span_in_context = trace.set_span_in_context
         self._server, self._client = trace.SpanKind.SERVER, trace.SpanKind.CLIENT
@@ -92,8 +93,16 @@ class Tracing:
             kind=self._server,
             attributes=attributes,
         )
-        with self._use_span(span, end_on_exit=True, record_exception=False):
+        token = self._attach(self._set_span_in_context(span))
+        try:
             yield span
+        except BaseException as error:
+            # Its type only: an exception's message may hold values.
+            span.set_status(self._error, type(error).__name__)
+            raise
+        finally:
+            self._detach(token)
+            span.end()
 
     def request_answered(
         self,
@@ -106,15 +115,18 @@ class Tracing:
         status: int,
     ) -> None:
         """`operation`: the bounded name the metrics use (see metrics.operation_label)."""
-        named = operation not in ("(unnamed)", "(other)")
+        named = operation not in (UNNAMED, OTHER)
+        attributes: dict[str, str | int] = {
+            "http.response.status_code": status,
+            "ticketing.outcome": outcome,
+            "ticketing.request_id": request_id,
+        }
         if operation_type is not None:
             span.update_name(f"{operation_type} {operation}" if named else operation_type)
-            span.set_attribute("graphql.operation.type", operation_type)
+            attributes["graphql.operation.type"] = operation_type
         if named:
-            span.set_attribute("graphql.operation.name", operation)
-        span.set_attribute("http.response.status_code", status)
-        span.set_attribute("ticketing.outcome", outcome)
-        span.set_attribute("ticketing.request_id", request_id)
+            attributes["graphql.operation.name"] = operation
+        span.set_attributes(attributes)
         # A server span is an error only when the server failed (not for a client's 4xx).
         if status >= 500 or outcome == "internal_error":
             span.set_status(self._error, outcome)
@@ -137,9 +149,7 @@ class Tracing:
 
     def set_current(self, span: Span) -> None:
         """Make `span` the current one for the rest of the running task (its own context)."""
-        from opentelemetry import context
-
-        context.attach(self._set_span_in_context(span))
+        self._attach(self._set_span_in_context(span))
 
     def instrument(self, engine: Engine) -> None:
         """A child span per SQL statement that `engine` runs for a traced request. Statements
@@ -204,12 +214,11 @@ class Tracing:
         self.provider.shutdown()
 
 
-def setup(
-    environ: Mapping[str, str] = os.environ, *, exporter: SpanExporter | None = None
-) -> Tracing | None:
-    """This process's tracing as the environment configures it, or None when it is off.
-    `exporter` (tests) replaces the configured exporters, exported to at once."""
-    names = exporter_names(environ)
+def setup(*, exporter: SpanExporter | None = None) -> Tracing | None:
+    """This process's tracing as its environment configures it (the SDK and the exporter
+    read the variables from os.environ too), or None when it is off. `exporter` (tests)
+    replaces the configured exporters, and is exported to as each span ends."""
+    names = exporter_names()
     if exporter is None and not names:
         return None
     from opentelemetry.sdk.resources import Resource
@@ -231,7 +240,7 @@ def setup(
         names = []
     for name in names:
         if name == "otlp":
-            otlp = _otlp_exporter(environ)
+            otlp = _otlp_exporter()
             if otlp is not None:
                 processors.append(BatchSpanProcessor(otlp))
         elif name == "console":
@@ -267,9 +276,9 @@ def setup_from_environment() -> Tracing | None:
     return tracing
 
 
-def _otlp_exporter(environ: Mapping[str, str]) -> SpanExporter | None:
-    protocol = environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
+def _otlp_exporter() -> SpanExporter | None:
+    protocol = os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
     ).strip()
     if protocol and protocol != _HTTP_PROTOBUF:
         logger.warning(
