@@ -184,6 +184,23 @@ def test_log_records_during_a_request_carry_its_trace_and_span_ids(
     assert threading.main_thread().name not in threads  # really written in a worker thread
 
 
+def test_text_lines_end_with_the_ids_and_records_outside_a_span_have_none(
+    exported: InMemorySpanExporter,
+) -> None:
+    traced = tracing.setup(exporter=exported)
+    assert traced is not None
+    record = logging.makeLogRecord({"name": "ticketing", "msg": "hello", "levelname": "INFO"})
+    text, as_json = logs.TextFormatter(), logs.JsonFormatter()
+    assert text.format(record).endswith(" hello")
+    assert "trace_id" not in json.loads(as_json.format(record))
+    with traced.tracer.start_as_current_span("work") as span:
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        span_id = format(span.get_span_context().span_id, "016x")
+        assert text.format(record).endswith(f" hello trace_id={trace_id} span_id={span_id}")
+        assert json.loads(as_json.format(record))["trace_id"] == trace_id
+    traced.shutdown()
+
+
 def test_a_subscription_is_a_span_until_its_first_result(
     traced: TestClient, engine: Engine, exported: InMemorySpanExporter
 ) -> None:
