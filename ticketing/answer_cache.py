@@ -39,6 +39,7 @@ class Answer:
     # For metrics and logs: ok, refused, client_error, unavailable or internal_error.
     outcome: str = "ok"
     operation: str | None = None  # its name, as the request or its document gave it
+    operation_type: str | None = None  # query, mutation or subscription, once executed
 
     def response(self, request_id: str) -> Response:
         """For no cache to store: it may be personal, an error, or an answer to a POST."""

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
 import anyio
 from starlette.applications import Starlette
@@ -24,6 +25,7 @@ from ticketing.live.hub import Hub
 from ticketing.live.listener import Listener
 from ticketing.migrations import is_at_head
 from ticketing.settings import Settings, get_settings
+from ticketing.tracing import Tracing, setup_from_environment
 from ticketing.websocket import GraphQLWebSocket
 
 logger = logging.getLogger("ticketing")
@@ -40,7 +42,12 @@ def _not_ready(database: str) -> JSONResponse:
     )
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None,
+    tracing: Tracing | Literal["from environment"] | None = "from environment",
+) -> Starlette:
+    """`tracing`: by default as the OTEL_* variables say (ticketing/tracing.py), set up here,
+    in the worker process that serves the app; tests hand in their own."""
     settings = settings or get_settings()
     if not settings.database_url:
         raise RuntimeError(
@@ -50,10 +57,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     logs.configure(settings)
     # Alembic reports its context at INFO on every readiness check.
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+    if tracing == "from environment":
+        tracing = setup_from_environment()
     db = Database.from_settings(settings, settings.database_url)
+    if tracing is not None:
+        tracing.instrument(db.engine)
+        tracing.instrument(db.autocommit_engine)
     ide = graphiql.load() if settings.graphiql_enabled else None
     schema = build_schema(settings)
-    graphql = GraphQLEndpoint(schema, db, settings, ide)
+    graphql = GraphQLEndpoint(schema, db, settings, ide, tracing)
     local_origins = LOCAL_ORIGINS if settings.env != "production" else None
     hub = Hub(db)
     listener = Listener(
@@ -62,7 +74,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         connect_timeout_s=settings.db_connect_timeout_s,
     )
     live = GraphQLWebSocket(
-        schema, db, hub, settings, settings.cors_origins, local_origins=local_origins
+        schema,
+        db,
+        hub,
+        settings,
+        settings.cors_origins,
+        local_origins=local_origins,
+        tracing=tracing,
     )
 
     async def healthz(request: Request) -> JSONResponse:
@@ -111,6 +129,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await task
         db.dispose()
         metrics.worker_stopped()
+        if tracing is not None:
+            # Off the event loop: it exports the spans still queued.
+            await anyio.to_thread.run_sync(tracing.shutdown)
 
     middleware = []
     if settings.cors_origins or local_origins:
@@ -129,7 +150,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if not settings.metrics_served:
         metrics_route = []
     ide_assets = [Route(graphiql.ASSET_ROUTE, ide.asset, methods=["GET"])] if ide else []
-    return Starlette(
+    app = Starlette(
         middleware=middleware,
         routes=[
             # Every method reaches the endpoint, which answers 405 itself with a GraphQL body.
@@ -146,3 +167,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         lifespan=lifespan,
     )
+    app.state.tracing = tracing
+    return app

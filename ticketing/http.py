@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graphql import GraphQLError, get_operation_ast, parse
 from graphql import OperationType as DocumentOperation
@@ -36,6 +36,10 @@ from ticketing.persisted_queries import (
     PersistedQueryNotFound,
 )
 from ticketing.settings import Settings
+from ticketing.tracing import Tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 JSON = "application/json"
@@ -75,9 +79,15 @@ class GraphQLParams:
 
 class GraphQLEndpoint:
     def __init__(
-        self, schema: Any, db: Database, settings: Settings, graphiql: GraphiQL | None
+        self,
+        schema: Any,
+        db: Database,
+        settings: Settings,
+        graphiql: GraphiQL | None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.schema, self.db, self.settings, self.graphiql = schema, db, settings, graphiql
+        self.tracing = tracing
         self.token_rules = TokenRules.from_settings(settings)
         self.persisted_queries = PersistedQueries()
         ttl_s = settings.answer_cache_ttl_ms / 1000
@@ -89,6 +99,14 @@ class GraphQLEndpoint:
         request_id = _request_id(request)
         if self.graphiql is not None and self._wants_ide(request):
             return self.graphiql.page_response()
+        if self.tracing is None:
+            return await self._handle(request, request_id, started, None)
+        with self.tracing.request_span(request.scope, request.headers) as span:
+            return await self._handle(request, request_id, started, span)
+
+    async def _handle(
+        self, request: Request, request_id: str, started: float, span: Span | None
+    ) -> Response:
         seen = Seen()
         if self.in_flight >= self.settings.max_concurrent_requests:
             logger.warning("Request %s refused: %d requests in flight", request_id, self.in_flight)
@@ -103,7 +121,16 @@ class GraphQLEndpoint:
                 answer = await self._answer(request, request_id, seen)
             finally:
                 self.in_flight -= 1
-        _record(request, request_id, seen, answer, time.perf_counter() - started)
+        operation = _record(request, request_id, seen, answer, time.perf_counter() - started)
+        if span is not None and self.tracing is not None:
+            self.tracing.request_answered(
+                span,
+                request_id=request_id,
+                operation=operation,
+                operation_type=answer.operation_type,
+                outcome=answer.outcome,
+                status=answer.status,
+            )
         if request.method == "GET" and answer.shareable:
             # Repeated If-None-Match headers make one list (RFC 9110, 5.3).
             if_none_match = ", ".join(request.headers.getlist("if-none-match")) or None
@@ -203,7 +230,7 @@ class GraphQLEndpoint:
         if params.registers_as is not None and result.data is not None:
             self.persisted_queries.remember(params.registers_as, params.query)
         shareable = may_share and not result.errors and _is_query(params)
-        answer = _result_answer(result, media_type, shareable=shareable, operation=context.ran)
+        answer = _result_answer(result, media_type, shareable=shareable, context=context)
         limit = self.settings.max_response_bytes
         # A mutation's answer is always given: its changes are made, and the client must
         # learn what they were.
@@ -229,7 +256,8 @@ _LIMITS = {413: "bodyBytes", 414: "urlBytes"}
 
 def _record(
     request: Request, request_id: str, seen: Seen, answer: Answer, duration_s: float
-) -> None:
+) -> str:
+    """The metrics and the access line of a request; returns its operation's (bounded) name."""
     operation = metrics.operation_label(answer.operation or seen.operation)
     metrics.observe_request(operation, answer.outcome, duration_s)
     if access_logger.isEnabledFor(logging.INFO):
@@ -250,6 +278,7 @@ def _record(
                 "customer": seen.customer,
             },
         )
+    return operation
 
 
 def _request_id(request: Request) -> str:
@@ -375,7 +404,7 @@ def _params_from(raw: dict[str, Any], persisted_queries: PersistedQueries) -> Gr
 
 
 def _result_answer(
-    result: ExecutionResult, media_type: str, *, shareable: bool, operation: str | None
+    result: ExecutionResult, media_type: str, *, shareable: bool, context: Context
 ) -> Answer:
     errors = [_formatted(error) for error in result.errors or []]
     body: dict[str, Any] = {}
@@ -403,7 +432,14 @@ def _result_answer(
     if result.extensions:
         body["extensions"] = result.extensions
     return _json_answer(
-        body, status, media_type, headers, shareable=shareable, outcome=outcome, operation=operation
+        body,
+        status,
+        media_type,
+        headers,
+        shareable=shareable,
+        outcome=outcome,
+        operation=context.ran,
+        operation_type=context.ran_type,
     )
 
 
@@ -482,6 +518,7 @@ def _json_answer(
     shareable: bool = False,
     outcome: str = "ok",
     operation: str | None = None,
+    operation_type: str | None = None,
 ) -> Answer:
     encoded = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     return Answer(
@@ -495,4 +532,5 @@ def _json_answer(
         shareable=shareable,
         outcome=outcome,
         operation=operation,
+        operation_type=operation_type,
     )

@@ -2,12 +2,15 @@
 
 A record's extras (the access log's request_id, operation, outcome, duration_ms, customer)
 become fields of its JSON object. Nothing here logs a token: the access log names the
-customer (the token's subject) only."""
+customer (the token's subject) only. With tracing on (ticketing/tracing.py), a record written
+while a span is current carries its trace_id and span_id: JSON fields, or at the end of a
+text line."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +19,11 @@ from ticketing.settings import Settings
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 # The attributes every LogRecord has: anything else on a record was passed as `extra`.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+# Set by ticketing.tracing once tracing is on: the current span's trace and span ids (hex),
+# or None outside a span. Records are formatted in the thread, and so the context, that
+# wrote them.
+trace_ids: Callable[[], tuple[str, str] | None] | None = None
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,13 +37,27 @@ class JsonFormatter(logging.Formatter):
         for name, value in record.__dict__.items():
             if name not in _STANDARD and not name.startswith("_"):
                 entry[name] = value
+        if trace_ids is not None and (ids := trace_ids()) is not None:
+            entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # The line itself, before any traceback.
+        line = super().formatMessage(record)
+        if trace_ids is not None and (ids := trace_ids()) is not None:
+            return f"{line} trace_id={ids[0]} span_id={ids[1]}"
+        return line
+
+
 def formatter(settings: Settings) -> logging.Formatter:
-    return JsonFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    return JsonFormatter() if settings.log_format == "json" else TextFormatter()
 
 
 def configure(settings: Settings) -> None:

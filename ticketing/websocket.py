@@ -12,15 +12,20 @@ import contextlib
 import logging
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+    Operation,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import Message
 from strawberry.types.unset import UnsetType
 
 from ticketing.api.context import Context
@@ -29,6 +34,10 @@ from ticketing.auth import AuthenticationError, TokenRules, authenticate
 from ticketing.db import Database
 from ticketing.live.hub import Hub
 from ticketing.settings import Settings
+from ticketing.tracing import Tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +52,44 @@ TRY_AGAIN_LATER = 1013
 class WebSocketContext(Context):
     # The upgrade request's Authorization header, used when `connection_init` brings none.
     upgrade_authorization: str | None = None
+    # Its headers, when tracing: a `traceparent` there is the parent of its subscriptions.
+    upgrade_headers: Mapping[str, str] | None = None
+
+
+class TracedTransportHandler(BaseGraphQLTransportWSHandler[WebSocketContext, None]):
+    """graphql-transport-ws, with a span per operation from its `subscribe` message to its
+    first result (or error): the statements that find its first values are the span's
+    children, and the later messages make no spans."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        tracing = getattr(self.view, "tracing", None)
+        assert isinstance(tracing, Tracing)
+        self.tracing = tracing
+        self.starting: dict[str, Span] = {}
+
+    async def run_operation(self, operation: Operation[WebSocketContext, None]) -> None:
+        span = self.tracing.subscription_span(
+            self.context.upgrade_headers or {}, operation.operation_name
+        )
+        self.starting[operation.id] = span
+        self.tracing.set_current(span)  # in this operation's own task
+        try:
+            await super().run_operation(operation)
+        finally:
+            self._started(operation.id, "complete")
+
+    async def send_message(self, message: Message) -> None:
+        if self.starting:
+            operation_id = message.get("id")
+            if isinstance(operation_id, str):
+                self._started(operation_id, message["type"])
+        await super().send_message(message)
+
+    def _started(self, operation_id: str, first_message: str) -> None:
+        span = self.starting.pop(operation_id, None)
+        if span is not None:
+            self.tracing.subscription_started(span, first_message)
 
 
 class GraphQLWebSocket(GraphQL[WebSocketContext, None]):
@@ -55,6 +102,7 @@ class GraphQLWebSocket(GraphQL[WebSocketContext, None]):
         allowed_origins: Sequence[str],
         *,
         local_origins: str | None,
+        tracing: Tracing | None = None,
     ) -> None:
         """`allowed_origins` and `local_origins` (a pattern): the pages that may connect,
         as for CORS. Clients that send no Origin (not browsers) and same-origin pages may."""
@@ -65,7 +113,9 @@ class GraphQLWebSocket(GraphQL[WebSocketContext, None]):
             max_subscriptions_per_connection=MAX_SUBSCRIPTIONS_PER_CONNECTION,
             allowed_origins=allowed_origins,
         )
-        self.db, self.hub, self.settings = db, hub, settings
+        self.db, self.hub, self.settings, self.tracing = db, hub, settings, tracing
+        if tracing is not None:
+            self.graphql_transport_ws_handler_class = TracedTransportHandler
         self.local_origins = re.compile(local_origins) if local_origins else None
         self.token_rules = TokenRules.from_settings(settings)
         self.open = 0  # connections of this process (one event loop: no lock needed)
@@ -119,6 +169,7 @@ class GraphQLWebSocket(GraphQL[WebSocketContext, None]):
             hub=self.hub,
             drop_connection=drop,
             upgrade_authorization=websocket.headers.get("authorization"),
+            upgrade_headers=websocket.headers if self.tracing is not None else None,
         )
 
     @staticmethod

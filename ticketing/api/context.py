@@ -70,6 +70,7 @@ class Context:
     made_changes: bool = field(default=False, init=False)
     # The operation run, named by the request or else by its document (for metrics and logs).
     ran: str | None = field(default=None, init=False)
+    ran_type: str | None = field(default=None, init=False)  # query, mutation (for traces)
     # Whether a mutation of this request was refused with a typed error (for the metrics).
     refused: bool = field(default=False, init=False)
     # Whether the keyed mutation running now answered an earlier request's answer.

@@ -133,13 +133,14 @@ class RequireOperationName(SchemaExtension):
 
 
 class NameTheOperation(SchemaExtension):
-    """For the metrics and the access log: the operation's name, also when only the document
-    gives it."""
+    """For the metrics, the access log and traces: the operation's name, also when only the
+    document gives it, and its type."""
 
     def on_execute(self) -> Iterator[None]:
         context = self.execution_context.context
         if isinstance(context, Context):
             context.ran = self.execution_context.operation_name
+            context.ran_type = self.execution_context.operation_type.value
         yield
 
 
