@@ -237,8 +237,8 @@ def _cmdline(pid: str) -> str:
 
 
 @contextmanager
-def _instances(
-    env: dict[str, str], work: Path, *, count: int, workers: int
+def serving(
+    env: dict[str, str], work: Path, *, count: int, workers: int, name: str = "instance"
 ) -> Iterator[list[Instance]]:
     """`count` x `ticketing serve`, started at once (each migrates first, as deployed), ready
     when their /readyz say so."""
@@ -248,9 +248,11 @@ def _instances(
     try:
         for number in range(1, count + 1):
             port = free_port()
-            name = f"instance{number}"
-            process = _start(name, [*command, "--port", str(port)], work / f"{name}.log", env=env)
-            started.append(Instance(name, port, process))
+            called = f"{name}{number}"
+            process = _start(
+                called, [*command, "--port", str(port)], work / f"{called}.log", env=env
+            )
+            started.append(Instance(called, port, process))
         for each in started:
             _wait_for(partial(_ready, each.port), each.process, f"Instance {each.name}")
         yield started
@@ -373,7 +375,7 @@ def stack(
             "TICKETING_LISTEN_DATABASE_URL": database_url,
         }
         running = started.enter_context(
-            _instances(instance_env, work, count=instances, workers=workers)
+            serving(instance_env, work, count=instances, workers=workers)
         )
         balancer = started.enter_context(haproxy([(i.name, i.port) for i in running], work))
         yield Stack(balancer.port, running, balancer, pooler)

@@ -357,3 +357,24 @@ def test_connection_settings_hold_through_pgbouncer_and_end_with_their_transacti
             finally:
                 other.close()
         print(pooler.show("SERVERS"), pooler.show("POOLS"), pooler.process.output())
+
+
+def test_a_listener_behind_transaction_pooling_says_it_hears_nothing(deployed: Deployed) -> None:
+    """LISTEN through a transaction-pooling PgBouncer succeeds and then hears nothing: an
+    instance left with TICKETING_LISTEN_DATABASE_URL unset there says so, in an error, instead
+    of leaving its subscribers without changes in silence. The stack's instances, which listen
+    directly, hear their checks."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TICKETING_")}
+    env |= {
+        "DATABASE_URL": deployed.stack.pooler.url,
+        "TICKETING_JWT_SECRET": JWT_SECRET,
+        "TICKETING_LOG_LEVEL": "warning",
+    }
+    with stack.serving(env, deployed.work, count=1, workers=1, name="deaf") as [deaf]:
+        deadline = time.monotonic() + 20
+        while "heard nothing" not in deaf.process.output():
+            assert time.monotonic() < deadline, deaf.process.output()
+            time.sleep(0.2)
+    assert "TICKETING_LISTEN_DATABASE_URL" in deaf.process.output()
+    for instance in deployed.stack.instances:
+        assert "heard nothing" not in instance.process.output()
