@@ -114,7 +114,7 @@ class Listener:
         self._heard.clear()
         while True:  # a busy or unreachable database says nothing about this connection
             try:
-                await self._db.run_autocommit(self._announce_check)
+                await self._db.run(self._announce_check)
                 break
             except DatabaseUnavailable as error:
                 logger.debug("Live updates: cannot announce the check yet: %s", error)
@@ -137,8 +137,7 @@ class Listener:
 
     def _announce_check(self, session: Session) -> None:
         session.execute(
-            sa.text("SELECT pg_notify(:channel, :check)"),
-            {"channel": CHECK_CHANNEL, "check": self._check},
+            sa.text(f"SELECT pg_notify('{CHECK_CHANNEL}', :check)"), {"check": self._check}
         )
 
     def _connect(self) -> psycopg2.extensions.connection:
