@@ -22,7 +22,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -279,18 +278,7 @@ class Server:
         return []
 
     def workers(self) -> list[int]:
-        """The worker processes (uvicorn's children), or the server itself if it has none."""
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        pids = [int(pid) for pid in children.read_text().split()]
-        workers = [pid for pid in pids if "resource_tracker" not in _command_line(pid)]
-        return workers or [self.process.pid]
-
-
-def _command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    except OSError:
-        return ""
+        return stack.workers_of(self.process.pid)
 
 
 @contextmanager
@@ -310,7 +298,7 @@ def _service(url: str, secret: str, instances: int, workers: int) -> Iterator[Se
         ) as many:
             yield many
         return
-    port = _free_port()
+    port = stack.free_port()
     command = [str(Path(sys.executable).parent / "ticketing"), "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--workers", str(workers)]
     with _started(command, env, port) as server:
@@ -354,7 +342,7 @@ def _ceiling_server(answer: Path, instances: int, workers: int) -> Iterator[Serv
     with ExitStack() as started:
         servers = []
         for _ in range(instances):
-            port = _free_port()
+            port = stack.free_port()
             command = [sys.executable, "-m", "uvicorn", "bench.ceiling_app:app"]
             command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
             command += ["--log-level", "warning", "--no-access-log"]
@@ -407,12 +395,6 @@ def _answers(port: int, path: str, method: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _browse_answer(port: int) -> bytes:

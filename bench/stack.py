@@ -222,11 +222,14 @@ class Instance:
     process: Process
 
     def workers(self) -> list[int]:
-        """The worker processes (uvicorn's children), or the server itself if it has none."""
-        pid = self.process.popen.pid
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        workers = [int(child) for child in children if "resource_tracker" not in _cmdline(child)]
-        return workers or [pid]
+        return workers_of(self.process.popen.pid)
+
+
+def workers_of(pid: int) -> list[int]:
+    """A server's worker processes (uvicorn's children), or the server itself if it has none."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    workers = [int(child) for child in children if "resource_tracker" not in _cmdline(child)]
+    return workers or [pid]
 
 
 def _cmdline(pid: str) -> str:
