@@ -48,4 +48,4 @@ schema: $(INSTALLED)
 	$(BIN)/ticketing export-schema schema.graphql
 
 bench: $(INSTALLED)
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(ARGS)

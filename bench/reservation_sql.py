@@ -3,6 +3,7 @@ sends, captured from a real reservation and turned into a pgbench script."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,6 +16,7 @@ from ticketing.domain.actors import Actor
 
 _CUSTOMER = "pgbench-capture"
 _QUANTITY = 3  # distinct from the hot event's id (1), so that each can be told apart
+_SET_LOCAL = re.compile(r"(SET LOCAL \w+ = [\w']+);")
 
 
 def pgbench_script(engine: Engine, event_id: int) -> str:
@@ -40,7 +42,9 @@ def pgbench_script(engine: Engine, event_id: int) -> str:
             " ".join(cursor.mogrify(text, _variables(values)).decode().split()) + ";"
             for text, values in sent
         ]
-    script = "\n".join(statements)
+    # The transaction's settings go in the same query string as the statement they precede
+    # (`ticketing.db.session_settings`): pgbench sends a line as one query when `\;` joins it.
+    script = _SET_LOCAL.sub(r"\1 \\;", "\n".join(statements))
     if "'pgbench-:customer'" not in script or ":quantity" not in script:
         raise RuntimeError(f"The reservation path changed; see what it sent:\n{script}")
     return f"\\set customer random(1, 1000000000)\n\\set quantity random(1, 2)\n{script}\n"

@@ -7,6 +7,10 @@ runs the hot sale watched by 1,000 WebSocket subscribers (bench/live.py), lets 1
 run out at once beside a hot sale (the expiry storms), measures the
 database's and the HTTP stack's ceilings and the GraphQL floor in the same run, and prints a
 markdown table of medians, also written to bench/results/.
+
+`--instances N` (N > 1) runs it all through many instances as deployed (bench/stack.py):
+HAProxy in front of N `ticketing serve` processes, PgBouncer in transaction pooling mode in
+front of PostgreSQL; the ceilings are then measured through the same balancer and pooler.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,15 +29,17 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from bench import dataset, graphql_floor, live, reservation_sql
+from bench import dataset, graphql_floor, live, reservation_sql, stack
 from bench.stats import percentile
 from ticketing import migrations
 from ticketing.api.ids import to_global_id
@@ -108,6 +113,7 @@ class Run:
     cpu_ms_per_request: float  # the server's workers, all cores: steadier than requests/s
     machine_busy: float  # of all cores, whatever used them: 100% means the hardware is the limit
     confirmed_per_s: float = 0.0  # holds confirmed (the hold sale)
+    proxy_cpu_ms_per_request: float = 0.0  # the balancer's and the pooler's (--instances)
 
 
 @dataclass
@@ -152,7 +158,22 @@ def main() -> int:
     parser.add_argument(
         "--only", help="comma-separated scenarios to run (default: all), e.g. 'hot sale'"
     )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="server processes; more than 1 puts HAProxy in front of them and PgBouncer "
+        "(transaction pooling) between them and PostgreSQL",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes per instance (default: the cores shared among the instances)",
+    )
     args = parser.parse_args()
+    if args.instances < 1:
+        parser.error("--instances must be 1 or more")
+    args.workers = args.workers or max(1, (os.cpu_count() or 1) // args.instances)
     chosen = args.only.split(",") if args.only else None
     scenarios = [s for s in SCENARIOS if not chosen or s.name in chosen]
     storms = [s for s in STORMS if not chosen or s.name in chosen]
@@ -180,7 +201,7 @@ def main() -> int:
     storm_rows = [StormMeasured(storm) for storm in storms]
     failures: list[str] = []
     soak_growth: float | None = None
-    with _service(url, secret) as service:
+    with _service(url, secret, args.instances, args.workers) as service:
         answer = WORK / "browse_answer.json"
         answer.write_bytes(_browse_answer(service.port))
         for number in range(1, args.runs + 1):
@@ -202,13 +223,15 @@ def main() -> int:
             print(f"Soak: mixed load for {args.soak} s", flush=True)
             dataset.load(engine)
             soak_growth = _soak(wrk, service, args.soak)
-    # The ceilings, each with the machine to itself, as the service had.
-    for _ in range(args.runs):
-        dataset.load(engine)
-        measured[DB_CEILING_NAME].runs.append(
-            pgbench_run(url, db_script, HOT_SALE.connections, args.duration)
-        )
-    with _ceiling_server(answer) as ceiling:
+    # The ceilings, each with the machine to itself, as the service had; through the same
+    # balancer and pooler as the service's requests.
+    with _pooled(url, args.instances) as ceiling_url:
+        for _ in range(args.runs):
+            dataset.load(engine)
+            measured[DB_CEILING_NAME].runs.append(
+                pgbench_run(ceiling_url, db_script, HOT_SALE.connections, args.duration)
+            )
+    with _ceiling_server(answer, args.instances, args.workers) as ceiling:
         for _ in range(args.runs):
             measured[HTTP_CEILING.name].runs.append(
                 _wrk_run(wrk, HTTP_CEILING, ceiling, args.duration)
@@ -219,7 +242,8 @@ def main() -> int:
     report = _report(measured, watched, storm_rows, args, engine, soak_growth, failures)
     print(report)
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{datetime.now(UTC):%Y-%m-%dT%H%M}.md"
+    shape = f"-instances{args.instances}" if args.instances > 1 else ""
+    path = RESULTS / f"{datetime.now(UTC):%Y-%m-%dT%H%M}{shape}.md"
     path.write_text(report)
     print(f"Written to {path.relative_to(BENCH.parent)}")
     return 1 if failures else 0
@@ -227,18 +251,22 @@ def main() -> int:
 
 def _require_wrk() -> str:
     """wrk, installed from Debian's packages when missing."""
-    found = shutil.which("wrk")
-    if found:
-        return found
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    print("Installing wrk from Debian's packages...", flush=True)
-    installed = subprocess.run(
-        [*sudo, "apt-get", "install", "-y", "-q", "wrk"], capture_output=True, text=True
-    )
-    found = shutil.which("wrk")
-    if installed.returncode or not found:
-        raise SystemExit(f"Install wrk (apt-get install wrk) and run again:\n{installed.stderr}")
-    return found
+    return stack.require_tool("wrk")
+
+
+class Service(Protocol):
+    """What the load runs against: the port it sends to, and the processes whose CPU counts."""
+
+    @property
+    def port(self) -> int: ...
+
+    def workers(self) -> list[int]:
+        """The processes serving the requests."""
+        ...
+
+    def proxies(self) -> list[int]:
+        """The balancer's and pooler's processes in front of and behind them, if any."""
+        ...
 
 
 @dataclass
@@ -246,25 +274,17 @@ class Server:
     port: int
     process: subprocess.Popen[bytes]
 
+    def proxies(self) -> list[int]:
+        return []
+
     def workers(self) -> list[int]:
-        """The worker processes (uvicorn's children), or the server itself if it has none."""
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        pids = [int(pid) for pid in children.read_text().split()]
-        workers = [pid for pid in pids if "resource_tracker" not in _command_line(pid)]
-        return workers or [self.process.pid]
-
-
-def _command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    except OSError:
-        return ""
+        return stack.workers_of(self.process.pid)
 
 
 @contextmanager
-def _service(url: str, secret: str) -> Iterator[Server]:
-    """The service as deployed: production mode, a worker per core."""
-    port = _free_port()
+def _service(url: str, secret: str, instances: int, workers: int) -> Iterator[Service]:
+    """The service as deployed: production mode; one instance straight on PostgreSQL, or
+    several behind HAProxy and PgBouncer (bench/stack.py)."""
     env = {
         **os.environ,
         "DATABASE_URL": url,
@@ -272,21 +292,78 @@ def _service(url: str, secret: str) -> Iterator[Server]:
         "TICKETING_JWT_SECRET": secret,
         "TICKETING_LOG_LEVEL": "warning",
     }
+    if instances > 1:
+        with stack.stack(
+            url, env, WORK / "stack", instances=instances, workers=workers, pool_size=POOL_SIZE
+        ) as many:
+            yield many
+        return
+    port = stack.free_port()
     command = [str(Path(sys.executable).parent / "ticketing"), "serve", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--workers", str(os.cpu_count() or 1)]
+    command += ["--port", str(port), "--workers", str(workers)]
     with _started(command, env, port) as server:
         yield server
 
 
+# PgBouncer's server connections (--instances): a few per core is what PostgreSQL can use.
+POOL_SIZE = 20
+
+
 @contextmanager
-def _ceiling_server(answer: Path) -> Iterator[Server]:
-    port = _free_port()
+def _pooled(url: str, instances: int) -> Iterator[str]:
+    """`url`, or through PgBouncer as the service reaches it when there are many instances."""
+    if instances == 1:
+        yield url
+        return
+    with stack.pgbouncer(url, WORK / "ceiling", pool_size=POOL_SIZE) as pooler:
+        yield pooler.url
+
+
+@dataclass
+class _Balanced:
+    """Servers behind HAProxy."""
+
+    port: int
+    servers: list[Server]
+    balancer: stack.HAProxy
+
+    def workers(self) -> list[int]:
+        return [pid for server in self.servers for pid in server.workers()]
+
+    def proxies(self) -> list[int]:
+        return [self.balancer.process.popen.pid]
+
+
+@contextmanager
+def _ceiling_server(answer: Path, instances: int, workers: int) -> Iterator[Service]:
+    """The bare Starlette app, as the service is deployed: one server, or several behind
+    HAProxy."""
     env = {**os.environ, "BENCH_CEILING_ANSWER": str(answer)}
-    command = [sys.executable, "-m", "uvicorn", "bench.ceiling_app:app", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--workers", str(os.cpu_count() or 1)]
-    command += ["--log-level", "warning", "--no-access-log"]
-    with _started(command, env, port, ready_path="/graphql", method="POST") as server:
-        yield server
+    with ExitStack() as started:
+        servers = []
+        for _ in range(instances):
+            port = stack.free_port()
+            command = [sys.executable, "-m", "uvicorn", "bench.ceiling_app:app"]
+            command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+            command += ["--log-level", "warning", "--no-access-log"]
+            servers.append(
+                started.enter_context(
+                    _started(command, env, port, ready_path="/graphql", method="POST")
+                )
+            )
+        if instances == 1:
+            yield servers[0]
+            return
+        backends = [(f"ceiling{n}", server.port) for n, server in enumerate(servers, 1)]
+        balancer = started.enter_context(
+            stack.haproxy(
+                backends,
+                WORK / "ceiling",
+                health=None,
+                ready=partial(_answers, path="/graphql", method="POST"),
+            )
+        )
+        yield _Balanced(balancer.port, servers, balancer)
 
 
 @contextmanager
@@ -318,12 +395,6 @@ def _answers(port: int, path: str, method: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _browse_answer(port: int) -> bytes:
@@ -423,15 +494,17 @@ def _wrk(
 
 
 def _wrk_run(
-    wrk: str, scenario: Scenario, server: Server, seconds: int, *, warm_up: bool = True
+    wrk: str, scenario: Scenario, server: Service, seconds: int, *, warm_up: bool = True
 ) -> Run:
     if warm_up:
         _wrk(wrk, scenario, server.port, WARM_UP_S)
-    workers = server.workers()
+    workers, proxies = server.workers(), server.proxies()
     cpu_before = sum(map(_cpu_s, workers))
+    proxy_cpu_before = sum(map(_cpu_s, proxies))
     with RssSampler(workers) as memory, MachineLoad() as load:
         result = _wrk(wrk, scenario, server.port, seconds)
     cpu_s = sum(map(_cpu_s, workers)) - cpu_before
+    proxy_cpu_s = sum(map(_cpu_s, proxies)) - proxy_cpu_before
     duration_s = result["duration_us"] / 1e6
     errors = sum(
         result[name]
@@ -447,10 +520,12 @@ def _wrk_run(
         cpu_ms_per_request=1000 * cpu_s / max(result["requests"], 1),
         machine_busy=load.busy,
         confirmed_per_s=result.get("confirmed", 0) / duration_s,
+        proxy_cpu_ms_per_request=1000 * proxy_cpu_s / max(result["requests"], 1),
     )
+    proxy_cpu = f" (+{run.proxy_cpu_ms_per_request:.2f} proxies)" if proxies else ""
     print(
         f"  {scenario.name}: {run.requests_per_s:.0f} req/s, p50 {run.p50_ms:.1f} ms, "
-        f"p99 {run.p99_ms:.1f} ms, {run.cpu_ms_per_request:.2f} CPU ms/request, "
+        f"p99 {run.p99_ms:.1f} ms, {run.cpu_ms_per_request:.2f} CPU ms/request{proxy_cpu}, "
         f"machine {run.machine_busy:.0%} busy, {errors} errors {result}",
         flush=True,
     )
@@ -485,7 +560,7 @@ def _check_hold_sale(engine: Engine) -> list[str]:
 
 
 def _watched_run(
-    wrk: str, row: WatchedMeasured, service: Server, engine: Engine, seconds: int
+    wrk: str, row: WatchedMeasured, service: Service, engine: Engine, seconds: int
 ) -> list[str]:
     """The hot sale, then the same with subscribers to its event (connected and warmed up
     first), both with the commit log on; what the subscribers received."""
@@ -520,7 +595,7 @@ def _watched_run(
     return failures
 
 
-def _storm_run(wrk: str, row: StormMeasured, service: Server, engine: Engine) -> None:
+def _storm_run(wrk: str, row: StormMeasured, service: Service, engine: Engine) -> None:
     """The hot sale without a storm, then beside one, and how long after running out the
     holds were all released."""
     print(f"  {row.storm.name}:", flush=True)
@@ -674,7 +749,7 @@ def _pgbench_binary() -> str:
     return found
 
 
-def _soak(wrk: str, service: Server, seconds: int) -> float:
+def _soak(wrk: str, service: Service, seconds: int) -> float:
     """Growth of the largest worker's resident memory over a run of mixed load."""
     _wrk(wrk, MIXED, service.port, 10)
     workers = service.workers()
@@ -709,11 +784,14 @@ def _report(
         f"{args.duration} s each after a {WARM_UP_S} s warm-up; spread is (max - min) / median "
         "of requests/s. The GraphQL floor runs in the benchmark's process: its requests/s are "
         "executions per CPU second.",
+        *_shape(args),
         "",
         "| scenario | connections | requests/s | spread | successes/s | p50 ms | p99 ms | errors "
-        "| of HTTP ceiling | of DB ceiling | server CPU ms/request | machine CPU busy "
-        "| peak RSS per worker MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| of HTTP ceiling | of DB ceiling | server CPU ms/request "
+        f"{'| HAProxy + PgBouncer CPU ms/request ' if args.instances > 1 else ''}"
+        "| machine CPU busy | peak RSS per worker MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        + ("---|" if args.instances > 1 else ""),
     ]
     for row in measured.values():
         rate = row.median("requests_per_s")
@@ -730,7 +808,9 @@ def _report(
             f"| {row.median('successes_per_s'):.0f} | {row.median('p50_ms'):.1f} "
             f"| {row.median('p99_ms'):.1f} | {sum(run.errors for run in row.runs)} "
             f"| {ratios} "
-            f"| {cpu:.2f} | {row.median('machine_busy'):.0%} "
+            f"| {cpu:.2f} "
+            + (f"| {row.median('proxy_cpu_ms_per_request'):.2f} " if args.instances > 1 else "")
+            + f"| {row.median('machine_busy'):.0%} "
             f"| {f'{rss:.0f}' if rss else '-'} |"
         )
     if HOLD_SALE.name in measured:
@@ -752,6 +832,26 @@ def _report(
         ]
     lines += ["", "Failures: " + ("; ".join(failures) if failures else "none")]
     return "\n".join(lines) + "\n"
+
+
+def _shape(args: argparse.Namespace) -> list[str]:
+    """How the service ran."""
+    if args.instances == 1:
+        return [
+            "",
+            f"One instance ({args.workers} workers), straight on PostgreSQL.",
+        ]
+    tools = {tool: stack.version(tool) for tool in ("haproxy", "pgbouncer")}
+    return [
+        "",
+        f"{args.instances} instances of {args.workers} worker(s) each behind HAProxy "
+        f"{tools['haproxy']} (round robin per request, one thread), reaching PostgreSQL through "
+        f"PgBouncer {tools['pgbouncer']} in transaction pooling mode ({POOL_SIZE} server "
+        "connections); each worker's live-update listener connects directly. The ceilings are "
+        "measured through the same balancer (bare Starlette servers behind HAProxy) and pooler "
+        "(pgbench through PgBouncer). Server CPU counts the instances' workers; HAProxy's and "
+        "PgBouncer's own CPU is the next column.",
+    ]
 
 
 def _watched_report(row: WatchedMeasured) -> list[str]:

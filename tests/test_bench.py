@@ -87,6 +87,7 @@ def test_the_database_ceiling_runs_the_reservation_sql(
     script = tmp_path / "reserve.sql"
     script.write_text(reservation_sql.pgbench_script(engine, event_id=1))
     assert "WITH taken AS (UPDATE event" in script.read_text()
+    assert "SET LOCAL lock_timeout = 0 \\; " in script.read_text()  # one query with it
     run = pgbench_run(database_url, script, clients=4, seconds=1)
     assert run.errors == 0
     assert run.requests_per_s > 0

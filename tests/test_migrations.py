@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,39 @@ def test_a_new_revision_takes_the_next_number(databases: Databases, tmp_path: Pa
     text = made.read_text()
     assert f"revision: str = '{last + 1:04d}'" in text
     assert f"down_revision: str | None = '{last:04d}'" in text
+
+
+# A process that migrates at a given moment, as `ticketing serve` does before serving.
+MIGRATE_AT = """
+import sys, time
+from ticketing import migrations
+from ticketing.db import create_db_engine
+engine = create_db_engine(sys.argv[1])
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+migrations.upgrade(engine)
+"""
+
+
+@pytest.mark.slow
+def test_instances_starting_at_once_migrate_one_after_the_other(databases: Databases) -> None:
+    """Every `ticketing serve` migrates first: instances deployed together on a new database
+    must not trip over each other's half-built schema."""
+    url = databases.create()
+    at = time.time() + 5  # after every process has started and imported
+    migrating = [
+        subprocess.Popen(
+            [sys.executable, "-c", MIGRATE_AT, url, str(at)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [process.communicate(timeout=120)[0] for process in migrating]
+    assert [process.returncode for process in migrating] == [0, 0, 0], outputs
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as connection:
+            assert migrations.is_at_head(connection)
+    finally:
+        engine.dispose()

@@ -71,6 +71,7 @@ def create_app(
     listener = Listener(
         settings.listen_database_url or settings.database_url,
         hub,
+        db,
         connect_timeout_s=settings.db_connect_timeout_s,
     )
     live = GraphQLWebSocket(

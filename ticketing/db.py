@@ -72,6 +72,20 @@ class _Unit:
             return self._committing
 
 
+def session_settings(*, statement_timeout_ms: int, lock_timeout_ms: int) -> str:
+    """What every transaction of the service runs with, as `SET LOCAL` statements (0: no
+    timeout). Local to the transaction, so that nothing outlives it on the server connection:
+    behind PgBouncer in transaction pooling mode, the next transaction on that connection is
+    another client's, and the one after it of this client runs on any other connection.
+    (Startup parameters can't carry them there: PgBouncer refuses `options` before 1.20, and
+    later forwards only the parameters it is told to track.)"""
+    return (
+        f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}; "
+        f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}; "
+        "SET LOCAL timezone = 'UTC'; "
+    )
+
+
 def create_db_engine(
     url: str,
     *,
@@ -85,12 +99,13 @@ def create_db_engine(
     autocommit: bool = False,
 ) -> Engine:
     """Timeouts of 0 mean none (for migrations); the service sets them from its settings.
-    `autocommit`: every statement commits on its own, for the whole life of the pool."""
-    options = (
-        f"-c timezone=UTC -c statement_timeout={statement_timeout_ms}"
-        f" -c lock_timeout={lock_timeout_ms}"
-    )
-    return sa.create_engine(
+    `autocommit`: every statement commits on its own, for the whole life of the pool.
+
+    Nothing is set for the session: the timeouts and the UTC time zone are set for each
+    transaction by the statement that begins it (`session_settings`, sent in the same query
+    string, so without a round trip of its own), which works on a direct connection and
+    through a transaction-pooling PgBouncer alike."""
+    engine = sa.create_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
@@ -102,9 +117,10 @@ def create_db_engine(
         # retryable), and SQLAlchemy then discards every pooled connection older than that.
         pool_pre_ping=False,
         # The booking locks are designed for READ COMMITTED: each statement after a lock sees
-        # what was committed before it. UTC sessions keep every timestamp readable.
+        # what was committed before it. (psycopg2 names it in each BEGIN: no session state.)
         isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
         connect_args={
+            # A startup parameter that PgBouncer keeps per client.
             "application_name": "ticketing",
             "connect_timeout": connect_timeout_s,
             # Over TCP, a partitioned server fails the socket instead of hanging it: probes
@@ -115,9 +131,34 @@ def create_db_engine(
             "keepalives_interval": 2,
             "keepalives_count": 3,
             "tcp_user_timeout": tcp_user_timeout_ms,
-            "options": options,
         },
     )
+    settings = session_settings(
+        statement_timeout_ms=statement_timeout_ms, lock_timeout_ms=lock_timeout_ms
+    )
+    sa.event.listen(engine, "before_cursor_execute", partial(_set_locally, settings), retval=True)
+    return engine
+
+
+def _set_locally(
+    settings: str,
+    conn: sa.Connection,
+    cursor: psycopg2.extensions.cursor,
+    statement: str,
+    parameters: object,
+    context: object,
+    executemany: bool,
+) -> tuple[str, object]:
+    """Puts `settings` before a statement that begins a transaction: the first after psycopg2's
+    BEGIN, or any in autocommit mode, where PostgreSQL runs the query string as one implicit
+    transaction (so `SET LOCAL` holds for the statement after it)."""
+    if cursor.connection.status == psycopg2.extensions.STATUS_READY:
+        if cursor.name is None:
+            return settings + statement, parameters
+        # A server-side cursor's statement goes inside DECLARE: set them on their own.
+        with cursor.connection.cursor() as plain:
+            plain.execute(settings)
+    return statement, parameters
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -29,14 +30,28 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+# The advisory lock that migrations take: any number, the same for every process.
+MIGRATION_LOCK = 0x7469636B  # "tick"
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as connection:
+        _one_at_a_time(connection)
         command.upgrade(alembic_config(connection), revision)
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:
     with engine.begin() as connection:
+        _one_at_a_time(connection)
         command.downgrade(alembic_config(connection), revision)
+
+
+def _one_at_a_time(connection: Connection) -> None:
+    """Instances starting together each migrate first (`ticketing serve`): the first takes
+    this lock and the others wait, then find the schema at head. A transaction's lock, as
+    the whole migration is one transaction: it works through a transaction-pooling PgBouncer,
+    where a session's lock would stay on a server connection that other clients get."""
+    connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
 
 
 def is_at_head(connection: Connection) -> bool:

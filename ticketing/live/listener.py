@@ -6,6 +6,11 @@ PgBouncer doesn't give. The event loop reads it when the socket has data, so not
 on it, and HTTP requests never wait for it. When it drops (a PostgreSQL restart), it
 reconnects with backoff and has the hub re-read everything its subscribers watch, so nothing
 is missed across the gap.
+
+LISTEN through a transaction-pooling PgBouncer succeeds and then hears nothing, silently. So
+after each connect the listener announces a check of its own the way changes are announced
+(a NOTIFY through the service's pool, DATABASE_URL) and must hear it back; if it doesn't, it
+says what is wrong and tries again.
 """
 
 from __future__ import annotations
@@ -13,18 +18,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 from datetime import UTC, datetime
 
 import psycopg2
 import psycopg2.extensions
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlmodel import Session
 
-from ticketing.db import DatabaseUnavailable
+from ticketing.db import Database, DatabaseUnavailable
 from ticketing.live.hub import Hub
 
 logger = logging.getLogger("ticketing.live")
 
 CHANNELS = ("ticketing_event", "ticketing_reservation")
+# Where listeners check that they hear (each ignores the others' checks).
+CHECK_CHANNEL = "ticketing_listen_check"
+# How long an announcement of its own may take to come back before a listener is deaf.
+CHECK_TIMEOUT_S = 5.0
 # Subscribers must have the current value within seconds of the database's return: a
 # process waits at most this long between attempts (a connection attempt is cheap).
 FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.1, 2.0
@@ -32,13 +44,23 @@ FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.1, 2.0
 KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2}
 
 
+class Deaf(Exception):
+    """The LISTEN connection doesn't hear what the service announces."""
+
+
 class Listener:
-    def __init__(self, url: str, hub: Hub, *, connect_timeout_s: int) -> None:
+    def __init__(self, url: str, hub: Hub, db: Database, *, connect_timeout_s: int) -> None:
+        """`url`: where to LISTEN; `db`: the service's database, through which changes (and
+        the listener's check) are announced."""
         self._dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
         self._hub = hub
+        self._db = db
         self._connect_timeout_s = connect_timeout_s
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        self._check = ""  # the payload of the check awaited
+        self._heard = asyncio.Event()
+        self._deaf = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen_forever())
@@ -68,13 +90,55 @@ class Listener:
                     await self._hub.resync(since=lost_at)
                     lost_at = None
                 self.connected.set()
-                await self._relay(connection)
-            except (psycopg2.Error, OSError, DatabaseUnavailable) as error:
-                logger.warning("Live updates: the listening connection dropped: %s", error)
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._relay(connection))
+                    group.create_task(self._hears())
+            except* (psycopg2.Error, OSError, DatabaseUnavailable) as errors:
+                logger.warning(
+                    "Live updates: the listening connection dropped: %s", errors.exceptions[0]
+                )
+            except* Deaf as errors:
+                if not self._deaf:
+                    self._deaf = True
+                    logger.error("Live updates: %s", errors.exceptions[0])
+                await asyncio.sleep(MAX_BACKOFF_S)
             finally:
                 self.connected.clear()
                 connection.close()
                 lost_at = lost_at or datetime.now(UTC)
+
+    async def _hears(self) -> None:
+        """Announce a check through the service's database and wait to hear it here; Deaf if
+        it doesn't come back."""
+        self._check = secrets.token_hex(8)
+        self._heard.clear()
+        while True:  # a busy or unreachable database says nothing about this connection
+            try:
+                await self._db.run(self._announce_check)
+                break
+            except DatabaseUnavailable as error:
+                logger.debug("Live updates: cannot announce the check yet: %s", error)
+                await asyncio.sleep(1)
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT_S):
+                await self._heard.wait()
+        except TimeoutError:
+            raise Deaf(
+                f"the LISTEN connection (TICKETING_LISTEN_DATABASE_URL) heard nothing within "
+                f"{CHECK_TIMEOUT_S:.0f} s of an announcement made through DATABASE_URL, so "
+                "subscribers get no changes. LISTEN needs a session that stays on one server "
+                "connection: point TICKETING_LISTEN_DATABASE_URL at PostgreSQL itself (or a "
+                "session-pooling PgBouncer), not at a transaction-pooling one; and at the same "
+                "database. Retrying."
+            ) from None
+        if self._deaf:
+            self._deaf = False
+            logger.info("Live updates: the LISTEN connection hears announcements now")
+
+    def _announce_check(self, session: Session) -> None:
+        session.execute(
+            sa.text(f"SELECT pg_notify('{CHECK_CHANNEL}', :check)"), {"check": self._check}
+        )
 
     def _connect(self) -> psycopg2.extensions.connection:
         connection = psycopg2.connect(
@@ -82,7 +146,7 @@ class Listener:
         )
         connection.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
         with connection.cursor() as cursor:
-            for channel in CHANNELS:
+            for channel in (*CHANNELS, CHECK_CHANNEL):
                 cursor.execute(f"LISTEN {channel}")
         return connection
 
@@ -107,7 +171,10 @@ class Listener:
             os.close(watched)
 
     def _dispatch(self, notice: psycopg2.extensions.Notify) -> None:
-        if notice.channel == "ticketing_event":
+        if notice.channel == CHECK_CHANNEL:
+            if notice.payload == self._check:
+                self._heard.set()
+        elif notice.channel == "ticketing_event":
             self._hub.event_changed(int(notice.payload))
         else:
             reservation_id, _, customer_id = notice.payload.partition(":")
