@@ -31,7 +31,7 @@ from hypothesis.stateful import (
 )
 from sqlalchemy.engine import Engine
 
-from tests.helpers import TABLES, DatabaseClock, insert_event, invariant_violations
+from tests.helpers import DatabaseClock, clean_tables, insert_event, invariant_violations
 from ticketing.api.ids import key_of
 from ticketing.db import Database
 from ticketing.domain import booking, errors, events, expiry, waitlist
@@ -311,8 +311,7 @@ class BookingMachine(RuleBasedStateMachine):
     ) -> Any:
         """Events, then their first reservations and waitlist entries (each checked like
         any other), so that most runs start with events sold, or sold out and waited for."""
-        with self.engine.begin() as connection:
-            connection.execute(sa.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+        clean_tables(self.engine)
         keys = []
         for number, capacity in enumerate(capacities):
             # The organizers take turns, so most runs have events of both.
