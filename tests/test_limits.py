@@ -140,6 +140,21 @@ def test_limits_follow_the_settings(database_url: str) -> None:
         refused(client, "{ events { edges { node { id } } } }", "depth")
 
 
+def test_apps_share_a_schema_only_when_its_limits_and_introspection_are_the_same() -> None:
+    url = "postgresql+psycopg2://unused/none"
+    shared = build_schema(make_settings(url))
+    assert build_schema(make_settings(url, max_response_bytes=50_000, graphiql=False)) is shared
+    for changed in (
+        {"max_query_tokens": 500},
+        {"max_query_depth": 3},
+        {"max_query_aliases": 2},
+        {"max_query_cost": 500},
+        {"max_query_merge_checks": 500},
+        {"introspection": False},
+    ):
+        assert build_schema(make_settings(url, **changed)) is not shared, changed
+
+
 @pytest.mark.parametrize("secret", [None, DEVELOPMENT_JWT_SECRET, "short-secret", "x" * 31])
 def test_production_refuses_a_missing_or_weak_secret(secret: str | None) -> None:
     given = {} if secret is None else {"jwt_secret": secret}
@@ -254,7 +269,7 @@ def test_any_document_within_the_token_limit_is_checked_in_bounded_time(document
     parsed = parse(document)
     limits = DocumentLimits.from_settings(settings)
     assert cpu_seconds(lambda: limits.check(parsed)) < LIMIT_CHECK_BOUND_S
-    validate = validator_for(settings)
+    validate = validator_for(limits, introspection=settings.introspection_enabled)
     schema = build_schema(settings)._schema
     assert cpu_seconds(lambda: validate(schema, parsed)) < VALIDATION_BOUND_S
     errors = validate(schema, parsed)
