@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy.engine import Engine, make_url
 from starlette.testclient import TestClient
 
@@ -18,6 +19,11 @@ from ticketing import migrations
 from ticketing.app import create_app
 from ticketing.db import create_db_engine
 from ticketing.settings import postgresql_url
+
+# `make test-fast` runs a few examples of each property (HYPOTHESIS_PROFILE=fast); `make test`
+# and CI run Hypothesis' default profile and the counts the tests ask for.
+hypothesis_settings.register_profile("fast", max_examples=8)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")

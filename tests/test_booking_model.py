@@ -689,7 +689,9 @@ class BookingMachine(RuleBasedStateMachine):
 
 TestBookingRules = BookingMachine.TestCase
 TestBookingRules.settings = settings(
-    max_examples=80,
+    # 80 runs in the full suite; the `fast` profile (`make test-fast`, see conftest.py) caps
+    # them, to keep the inner loop short.
+    max_examples=min(80, settings().max_examples),
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
