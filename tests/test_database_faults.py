@@ -123,6 +123,8 @@ def test_a_failure_half_way_leaves_nothing_behind(engine: Engine) -> None:
     assert snapshot(engine) == before
 
 
+# Sixteen threads and 300 operations: a hammer, for the full suite.
+@pytest.mark.slow
 def test_operations_across_many_events_never_deadlock(engine: Engine) -> None:
     db = Database(engine, max_threads=16)
     keys = [key_of(insert_event(engine, capacity=30), "Event") for _ in range(6)]
@@ -394,6 +396,7 @@ def test_a_frozen_database_is_answered_503_within_the_deadline(
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_a_locked_hot_event_does_not_starve_requests_for_other_events(
     database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
