@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 from tests.helpers import DatabaseClock, Databases, clean_tables, make_settings, migrated_database
 from ticketing import migrations
 from ticketing.app import create_app
-from ticketing.db import create_db_engine
+from ticketing.db import Database, create_db_engine
 from ticketing.settings import postgresql_url
 
 # `make test-fast` runs a few examples of each property (HYPOTHESIS_PROFILE=fast); `make test`
@@ -95,9 +95,18 @@ def _clean_tables(request: pytest.FixtureRequest) -> None:
         clean_tables(request.getfixturevalue("engine"))
 
 
+@pytest.fixture(scope="session")
+def shared_database(database_url: str) -> Iterator[Database]:
+    """The apps of `client` share their pools: every app's own would open new connections,
+    and a new connection's first statements cost PostgreSQL 15-20 ms (its caches)."""
+    made = Database.from_settings(make_settings(database_url), database_url)
+    yield made
+    made.dispose()
+
+
 @pytest.fixture
-def client(database_url: str, engine: Engine) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(database_url))) as made:
+def client(database_url: str, engine: Engine, shared_database: Database) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(database_url), database=shared_database)) as made:
         yield made
 
 
