@@ -1,5 +1,6 @@
 """What the fixtures promise the other tests: each test starts on empty tables whose
-sequences start again at 1, and emptying them leaves the history's append-only rule in force."""
+sequences start again at 1, emptying them leaves the history's append-only rule in force, and
+the apps that share a database leave it open."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
 from tests.graphql_documents import RESERVE
-from tests.helpers import TABLES, auth, clean_tables, data, insert_event
+from tests.helpers import TABLES, auth, clean_tables, data, gql, insert_event, make_settings
 from ticketing.api.ids import key_of
+from ticketing.app import create_app
+from ticketing.db import Database
 
 JOIN = """mutation($input: JoinWaitlistInput!) { joinWaitlist(input: $input) { __typename } }"""
 
@@ -48,3 +51,15 @@ def test_the_history_stays_append_only_after_cleaning(client: TestClient, engine
     fill_every_table(client, engine)
     with engine.begin() as connection, pytest.raises(sa.exc.DBAPIError, match="append-only"):
         connection.execute(sa.text("DELETE FROM reservation_change"))
+
+
+def test_an_app_keeps_the_database_it_was_given_open(
+    database_url: str, shared_database: Database
+) -> None:
+    """The apps of `client` share one Database, which each leaves as it found it."""
+    for _ in range(2):
+        settings = make_settings(database_url)
+        with TestClient(create_app(settings, database=shared_database)) as client:
+            assert "errors" not in gql(client, "{ events { totalCount } }")
+        pools = (shared_database.engine.pool, shared_database.autocommit_engine.pool)
+        assert sum(pool.checkedin() for pool in pools) > 0  # type: ignore[attr-defined]
