@@ -51,46 +51,37 @@ class Databases:
         self.admin.dispose()
 
 
-# Whether cleaning would change anything: a row in a table, or a sequence that has been used.
-# Most tests write nothing. And whether the tables may be emptied with DELETE (see below).
-_CLEANING_NEEDED = sa.text(
-    "SELECT "
-    + " OR ".join(
-        [f"EXISTS (SELECT FROM {table})" for table in TABLES.split(", ")]
-        + [
-            "EXISTS (SELECT FROM pg_sequences"
-            " WHERE schemaname = current_schema() AND last_value IS NOT NULL)"
-        ]
-    )
-    + ", current_setting('is_superuser') = 'on'"
-)
-# The used sequences back to their start, as RESTART IDENTITY does (setval is not
-# transactional, as that isn't either).
-_RESTART_SEQUENCES = sa.text(
-    "SELECT setval(format('%I.%I', schemaname, sequencename)::regclass, start_value, false)"
-    " FROM pg_sequences WHERE schemaname = current_schema() AND last_value IS NOT NULL"
+# In one round trip: nothing when no table has a row and no sequence has been used (most
+# tests write nothing); else DELETE where the role may switch triggers off for the
+# transaction (a superuser, as on the embedded server), since the history's append-only
+# trigger refuses a DELETE otherwise; else TRUNCATE. The used sequences go back to their start
+# as RESTART IDENTITY does (setval is no more transactional than that is).
+_CLEAN = sa.text(
+    f"""DO $$ BEGIN
+    IF {" OR ".join(f"EXISTS (SELECT FROM {table})" for table in TABLES.split(", "))}
+        OR EXISTS (SELECT FROM pg_sequences
+            WHERE schemaname = current_schema() AND last_value IS NOT NULL)
+    THEN
+        IF current_setting('is_superuser') = 'on' THEN
+            PERFORM set_config('session_replication_role', 'replica', true);
+            {" ".join(f"DELETE FROM {table};" for table in TABLES.split(", "))}
+            PERFORM setval(format('%I.%I', schemaname, sequencename)::regclass, start_value,
+                false)
+            FROM pg_sequences WHERE schemaname = current_schema() AND last_value IS NOT NULL;
+        ELSE
+            TRUNCATE {TABLES} RESTART IDENTITY CASCADE;
+        END IF;
+    END IF;
+END $$"""
 )
 
 
 def clean_tables(engine: Engine) -> None:
-    """Empty the tables and restart their sequences, as a fresh database has them.
-
-    With DELETE where the role may switch off triggers (a superuser, as on the embedded
-    server): the history's append-only trigger refuses a DELETE otherwise. A TRUNCATE of the
-    tables costs 50-70 ms (new files for every table and index), DELETEs of a test's few
-    rows and resetting the sequences 2-3 ms, and most tests write something."""
+    """Empty the tables and restart their sequences, as a fresh database has them. A
+    TRUNCATE of the tables costs 50-70 ms (new files for every table and index), DELETEs of a
+    test's few rows and resetting the sequences 1-2 ms, and most tests write something."""
     with engine.begin() as connection:
-        needed, superuser = connection.execute(_CLEANING_NEEDED).one()
-        if not needed:
-            return
-        if not superuser:
-            connection.execute(sa.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
-            return
-        connection.execute(sa.text("SET LOCAL session_replication_role = replica"))
-        # Children first, though replication role also switches off the foreign keys' checks.
-        for table in TABLES.split(", "):
-            connection.execute(sa.text(f"DELETE FROM {table}"))
-        connection.execute(_RESTART_SEQUENCES)
+        connection.execute(_CLEAN)
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
