@@ -18,7 +18,7 @@ from tests.helpers import DatabaseClock, Databases, clean_tables, make_settings,
 from ticketing import migrations
 from ticketing.app import create_app
 from ticketing.db import Database, create_db_engine
-from ticketing.settings import postgresql_url
+from ticketing.settings import Settings, postgresql_url
 
 # `make test-fast` runs a few examples of each property (HYPOTHESIS_PROFILE=fast); `make test`
 # and CI run Hypothesis' default profile and the counts the tests ask for.
@@ -96,17 +96,24 @@ def _clean_tables(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(scope="session")
-def shared_database(database_url: str) -> Iterator[Database]:
+def settings(database_url: str) -> Settings:
+    """The settings of `client`'s apps (made once: reading them from the environment takes
+    3-5 ms)."""
+    return make_settings(database_url)
+
+
+@pytest.fixture(scope="session")
+def shared_database(settings: Settings, database_url: str) -> Iterator[Database]:
     """The apps of `client` share their pools: every app's own would open new connections,
     and a new connection's first statements cost PostgreSQL 15-20 ms (its caches)."""
-    made = Database.from_settings(make_settings(database_url), database_url)
+    made = Database.from_settings(settings, database_url)
     yield made
     made.dispose()
 
 
 @pytest.fixture
-def client(database_url: str, engine: Engine, shared_database: Database) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(database_url), database=shared_database)) as made:
+def client(settings: Settings, engine: Engine, shared_database: Database) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, database=shared_database)) as made:
         yield made
 
 
