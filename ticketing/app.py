@@ -105,6 +105,10 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             tasks.append(asyncio.create_task(background.sample_pools(db)))
         hub.start()
         listener.start()
+        # Serve once the process has tried to listen: what changes before it listens is
+        # heard by nobody (subscribers taken meanwhile are brought up to date once it does).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(listener.first_attempt(), settings.db_connect_timeout_s + 1)
         yield
         await listener.stop()
         await hub.stop()
