@@ -104,8 +104,8 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture(scope="session")
 def shared_database(settings: Settings, database_url: str) -> Iterator[Database]:
-    """The apps of `client` share their pools: every app's own would open new connections,
-    and a new connection's first statements cost PostgreSQL 15-20 ms (its caches)."""
+    """The pools of `client`'s apps: every app's own would open new connections, and a new
+    connection's first statements cost PostgreSQL 15-20 ms (its caches)."""
     made = Database.from_settings(settings, database_url)
     yield made
     made.dispose()
@@ -113,7 +113,8 @@ def shared_database(settings: Settings, database_url: str) -> Iterator[Database]
 
 @pytest.fixture
 def client(settings: Settings, engine: Engine, shared_database: Database) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, database=shared_database)) as made:
+    app = create_app(settings, database=shared_database.on_the_same_pools())
+    with TestClient(app) as made:
         yield made
 
 

@@ -41,9 +41,10 @@ def _not_ready(database: str) -> JSONResponse:
 
 
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> Starlette:
-    """`database`: one that the caller made from `settings` and disposes of itself (the tests
-    share one between the apps they make, whose first statements on new connections would
-    each cost PostgreSQL 15-20 ms); by default the app makes its own and disposes of it."""
+    """`database`: one that the caller made from `settings` and disposes of itself (the tests'
+    apps share pools, see `Database.on_the_same_pools`: each app's own would open new
+    connections, whose first statements cost PostgreSQL 15-20 ms); by default the app makes
+    its own and disposes of it."""
     settings = settings or get_settings()
     if not settings.database_url:
         raise RuntimeError(
