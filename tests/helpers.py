@@ -91,6 +91,22 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
     return Settings(database_url=database_url, jwt_secret=JWT_SECRET, **overrides)
 
 
+def in_days(days: float) -> str:
+    """The time `days` from now, as a `DateTime` value."""
+    return (datetime.now(UTC) + timedelta(days=days)).isoformat()
+
+
+def new_event(**overrides: Any) -> dict[str, Any]:
+    """A `CreateEventInput` with what it needs, and `overrides`."""
+    return {
+        "name": "Launch",
+        "venue": "Dock 5",
+        "startsAt": in_days(10),
+        "capacity": 100,
+        **overrides,
+    }
+
+
 def token(
     subject: str = "alice", *, organizer: bool = False, admin: bool = False, checkout: bool = False
 ) -> str:

@@ -32,6 +32,7 @@ from bench.run import (
     _wrk,
     pgbench_run,
 )
+from tests.graphql_documents import RESERVE
 from tests.helpers import JWT_SECRET, auth, gql, insert_event, invariant_violations
 from tests.servers import serve
 from ticketing.api.ids import key_of
@@ -173,10 +174,6 @@ def test_the_hold_sale_confirms_each_hold_it_makes_as_its_customer(
     # Every hold made is confirmed by its customer, but those still queued when wrk stopped.
     assert result["confirmed"] > 0
     assert 0 <= FakeSale.made - result["confirmed"] <= HOLD_SALE.connections
-
-
-RESERVE = """mutation($input: CreateReservationInput!) { createReservation(input: $input) {
-    __typename } }"""
 
 
 @pytest.mark.slow

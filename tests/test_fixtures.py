@@ -9,13 +9,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.graphql_documents import RESERVE
+from tests.graphql_documents import RESERVE, mutation
 from tests.helpers import TABLES, auth, clean_tables, data, gql, insert_event, make_settings
 from ticketing.api.ids import key_of
 from ticketing.app import create_app
 from ticketing.db import Database
 
-JOIN = """mutation($input: JoinWaitlistInput!) { joinWaitlist(input: $input) { __typename } }"""
+JOIN = mutation("joinWaitlist", "__typename")
 
 
 def fill_every_table(client: TestClient, engine: Engine) -> None:

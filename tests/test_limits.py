@@ -26,6 +26,7 @@ from tests.adversarial_documents import (
     same_short_list_flood,
     token_count,
 )
+from tests.graphql_documents import mutation
 from tests.helpers import JWT_SECRET, ORGANIZER, auth, gql, insert_event, make_settings
 from ticketing.api.limits import PAGINATED_FIELDS, DocumentLimits
 from ticketing.api.schema import build_schema
@@ -333,9 +334,11 @@ def test_answers_larger_than_the_limit_are_refused(database_url: str, engine: En
         # A mutation's answer is given whatever its size: its change is made.
         created = gql(
             client,
-            """mutation($input: CreateEventInput!) { createEvent(input: $input) {
-                ... on EventPayload { event { a: description b: description c: description
-                d: description e: description f: description } } } }""",
+            mutation(
+                "createEvent",
+                """... on EventPayload { event { a: description b: description c: description
+                d: description e: description f: description } }""",
+            ),
             {
                 "input": {
                     "name": "Long read",

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from tests.graphql_documents import RESERVE_ID
+from tests.graphql_documents import RESERVE_ID, mutation
 from tests.helpers import DatabaseClock, auth, data, gql, insert_event, token
 from ticketing.api.ids import key_of, to_global_id
 from ticketing.app import create_app
@@ -194,7 +194,7 @@ def test_joining_the_waitlist_shows_in_the_events_length(
         assert next_data(ws)["eventChanged"] == {"waitlistLength": 0}
         joined = data(
             client,
-            "mutation($input: JoinWaitlistInput!) { joinWaitlist(input: $input) { __typename } }",
+            mutation("joinWaitlist", "__typename"),
             {"input": {"eventId": event_id, "quantity": 1}},
             headers=auth("bob"),
         )
