@@ -1,6 +1,8 @@
 """Fixtures: a real PostgreSQL (TEST_DATABASE_URL, or an embedded server in a temporary
-directory), a migrated database per test session, and an HTTP client speaking GraphQL.
-The helpers the tests import are in tests/helpers.py."""
+directory), a migrated database per test session, emptied after each test that wrote to it,
+and an HTTP client speaking GraphQL to an app of its own (on pools the session's apps share).
+What the tests import is in tests/helpers.py, tests/graphql_documents.py (the GraphQL
+documents) and tests/servers.py (server processes)."""
 
 from __future__ import annotations
 
