@@ -34,10 +34,11 @@ serve: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/pytest
 
-# The in-process tests only (no server processes, private PostgreSQL servers or external tools):
-# the inner loop while working; `make test` is what CI runs.
+# The in-process tests only (no server processes, private PostgreSQL servers or external tools),
+# and a few examples of each Hypothesis property: the inner loop while working; `make test` is
+# what CI runs.
 test-fast: $(INSTALLED)
-	$(BIN)/pytest -m "not slow"
+	HYPOTHESIS_PROFILE=fast $(BIN)/pytest -m "not slow"
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

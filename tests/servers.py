@@ -1,7 +1,9 @@
-"""Real server processes for the tests that are about the server itself."""
+"""Real server processes for the tests that are about the server itself, and raw HTTP/1.1
+to them."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -12,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -96,3 +99,37 @@ def _wait_ready(server: RunningServer, timeout: float = 60) -> None:
             pass
         time.sleep(0.1)
     raise RuntimeError(f"server not ready in {timeout}s:\n{server.output()}")
+
+
+# Raw HTTP/1.1 on a socket, for the tests of what the server does below the app.
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def connect(server: RunningServer) -> socket.socket:
+    host, port = server.url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def read_answer(connection: socket.socket) -> Answer:
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = connection.recv(65536)
+        assert chunk, f"connection closed without an answer (got {received!r})"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value for name, _, value in (line.partition(": ") for line in lines)}
+    while len(body) < int(headers.get("content-length", 0)):
+        chunk = connection.recv(65536)
+        assert chunk, "connection closed in the middle of the answer"
+        body += chunk
+    return Answer(int(status_line.split()[1]), headers, body)

@@ -16,7 +16,7 @@ from jwt.warnings import InsecureKeyLengthWarning
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.graphql_documents import RESERVE
+from tests.graphql_documents import RESERVE, cancel_event, mutation
 from tests.helpers import (
     JWT_SECRET,
     ORGANIZER,
@@ -175,7 +175,7 @@ def test_bad_credentials_on_a_mutation_change_nothing(client: TestClient, engine
     forged = tampered_token()
     body = gql(
         client,
-        "mutation($id: ID!) { cancelEvent(input: {eventId: $id}) { __typename } }",
+        cancel_event("__typename"),
         {"id": event_id},
         headers={"Authorization": bearer(forged)},
         expect_status=401,
@@ -255,9 +255,9 @@ def test_401_for_a_missing_token_carries_a_bearer_challenge(client: TestClient) 
 
 # --- Customers may not run events -------------------------------------------------------------
 
-CREATE_EVENT = "mutation($input: CreateEventInput!) { createEvent(input: $input) { __typename } }"
-UPDATE_EVENT = "mutation($input: UpdateEventInput!) { updateEvent(input: $input) { __typename } }"
-CANCEL_EVENT = "mutation($input: CancelEventInput!) { cancelEvent(input: $input) { __typename } }"
+CREATE_EVENT = mutation("createEvent", "__typename")
+UPDATE_EVENT = mutation("updateEvent", "__typename")
+CANCEL_EVENT = mutation("cancelEvent", "__typename")
 
 
 def event_mutation(name: str, event_id: str) -> tuple[str, dict[str, Any]]:

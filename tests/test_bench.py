@@ -32,6 +32,7 @@ from bench.run import (
     _wrk,
     pgbench_run,
 )
+from tests.graphql_documents import RESERVE
 from tests.helpers import JWT_SECRET, auth, gql, insert_event, invariant_violations
 from tests.servers import serve
 from ticketing.api.ids import key_of
@@ -39,6 +40,8 @@ from ticketing.db import Database
 from ticketing.domain import expiry
 
 
+# The benchmark's whole data set (1,001 events, 40,000 reservations and their history).
+@pytest.mark.slow
 def test_the_data_keeps_the_invariant(engine: Engine) -> None:
     dataset.load(engine)
     with engine.connect() as connection:
@@ -55,6 +58,8 @@ def test_the_data_keeps_the_invariant(engine: Engine) -> None:
     assert invariant_violations(engine) == []
 
 
+# The data set again, and waiting for its holds to run out.
+@pytest.mark.slow
 def test_a_storms_holds_keep_the_invariant_and_are_timed_until_all_are_released(
     engine: Engine,
 ) -> None:
@@ -157,6 +162,8 @@ def fake_sale() -> Iterator[int]:
     server.shutdown()
 
 
+# wrk, against a stand-in for the service.
+@pytest.mark.slow
 def test_the_hold_sale_confirms_each_hold_it_makes_as_its_customer(
     fake_sale: int, tmp_path: Path
 ) -> None:
@@ -168,10 +175,6 @@ def test_the_hold_sale_confirms_each_hold_it_makes_as_its_customer(
     # Every hold made is confirmed by its customer, but those still queued when wrk stopped.
     assert result["confirmed"] > 0
     assert 0 <= FakeSale.made - result["confirmed"] <= HOLD_SALE.connections
-
-
-RESERVE = """mutation($input: CreateReservationInput!) { createReservation(input: $input) {
-    __typename } }"""
 
 
 @pytest.mark.slow

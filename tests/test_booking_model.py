@@ -31,7 +31,7 @@ from hypothesis.stateful import (
 )
 from sqlalchemy.engine import Engine
 
-from tests.helpers import TABLES, DatabaseClock, insert_event, invariant_violations
+from tests.helpers import DatabaseClock, clean_tables, insert_event, invariant_violations
 from ticketing.api.ids import key_of
 from ticketing.db import Database
 from ticketing.domain import booking, errors, events, expiry, waitlist
@@ -311,8 +311,7 @@ class BookingMachine(RuleBasedStateMachine):
     ) -> Any:
         """Events, then their first reservations and waitlist entries (each checked like
         any other), so that most runs start with events sold, or sold out and waited for."""
-        with self.engine.begin() as connection:
-            connection.execute(sa.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+        clean_tables(self.engine)
         keys = []
         for number, capacity in enumerate(capacities):
             # The organizers take turns, so most runs have events of both.
@@ -690,7 +689,9 @@ class BookingMachine(RuleBasedStateMachine):
 
 TestBookingRules = BookingMachine.TestCase
 TestBookingRules.settings = settings(
-    max_examples=80,
+    # 80 runs in the full suite; the `fast` profile (`make test-fast`, see conftest.py) caps
+    # them, to keep the inner loop short.
+    max_examples=min(80, settings().max_examples),
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

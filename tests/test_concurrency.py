@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from tests.graphql_documents import change_tickets, on_reservation, reserve_tickets
 from tests.helpers import (
     JWT_SECRET,
     ORGANIZER,
@@ -41,14 +42,10 @@ LIMIT = 4
 RESULT = """__typename
     ... on ReservationPayload { reservation { id quantity status } event { ticketsAvailable } }"""
 OPERATIONS = {
-    "create": f"""mutation($eventId: ID!, $n: Int!) {{
-        createReservation(input: {{eventId: $eventId, quantity: $n}}) {{ {RESULT} }} }}""",
-    "increase": f"""mutation($id: ID!, $n: Int!) {{ updateReservation(input:
-        {{reservationId: $id, operation: INCREASE, quantity: $n}}) {{ {RESULT} }} }}""",
-    "decrease": f"""mutation($id: ID!, $n: Int!) {{ updateReservation(input:
-        {{reservationId: $id, operation: DECREASE, quantity: $n}}) {{ {RESULT} }} }}""",
-    "cancel": f"""mutation($id: ID!) {{ cancelReservation(input: {{reservationId: $id}}) {{
-        {RESULT} }} }}""",
+    "create": reserve_tickets(RESULT),
+    "increase": change_tickets("INCREASE", RESULT),
+    "decrease": change_tickets("DECREASE", RESULT),
+    "cancel": on_reservation("cancelReservation", RESULT),
 }
 EXPECTED_REFUSALS = {
     "NotEnoughTickets",

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from starlette.testclient import TestClient
 
+from tests.graphql_documents import reserve_tickets
 from tests.helpers import (
     JWT_SECRET,
     auth,
@@ -46,8 +47,7 @@ from ticketing.db import Database, DatabaseUnavailable, create_db_engine
 from ticketing.domain import booking, errors, events
 from ticketing.domain.actors import Actor
 
-RESERVE = """mutation($id: ID!, $n: Int!) { createReservation(input: {eventId: $id, quantity: $n}) {
-    __typename ... on ReservationPayload { reservation { id quantity } } } }"""
+RESERVE = reserve_tickets("__typename ... on ReservationPayload { reservation { id quantity } }")
 
 
 def test_a_client_behind_a_locked_row_gets_a_typed_answer_in_bounded_time(
@@ -58,7 +58,9 @@ def test_a_client_behind_a_locked_row_gets_a_typed_answer_in_bounded_time(
     with TestClient(create_app(settings)) as client, engine.connect() as blocker:
         lock_event_row(blocker, event_id)
         before_lock_released = time.monotonic()
-        body = gql(client, RESERVE, {"id": event_id, "n": 1}, headers=auth(), expect_status=503)
+        body = gql(
+            client, RESERVE, {"eventId": event_id, "n": 1}, headers=auth(), expect_status=503
+        )
         waited = time.monotonic() - before_lock_released
         blocker.rollback()
     assert waited < 2
@@ -123,6 +125,8 @@ def test_a_failure_half_way_leaves_nothing_behind(engine: Engine) -> None:
     assert snapshot(engine) == before
 
 
+# Sixteen threads and 300 operations: a hammer, for the full suite.
+@pytest.mark.slow
 def test_operations_across_many_events_never_deadlock(engine: Engine) -> None:
     db = Database(engine, max_threads=16)
     keys = [key_of(insert_event(engine, capacity=30), "Event") for _ in range(6)]
@@ -181,7 +185,7 @@ def test_service_survives_a_database_restart_under_load(
             started = time.monotonic()
             response = await http.post(
                 "/graphql",
-                json={"query": RESERVE, "variables": {"id": event_id, "n": 1 + index % 3}},
+                json={"query": RESERVE, "variables": {"eventId": event_id, "n": 1 + index % 3}},
                 headers=auth(f"c{index}"),
             )
             outcomes.append((started, response.status_code, time.monotonic() - started))
@@ -307,7 +311,7 @@ def test_a_frozen_database_is_answered_503_within_the_deadline(
 
     def reserve(customer: str, key: str | None = None) -> Any:
         return {
-            "json": {"query": RESERVE, "variables": {"id": event_id, "n": 1}},
+            "json": {"query": RESERVE, "variables": {"eventId": event_id, "n": 1}},
             "headers": auth(customer) | ({"Idempotency-Key": key} if key else {}),
         }
 
@@ -365,7 +369,7 @@ def test_a_frozen_database_is_answered_503_within_the_deadline(
             assert time.monotonic() < recovered_by, "not ready again within 10 s"
             time.sleep(0.1)
         with httpx.Client(base_url=running.url) as http:
-            after = gql(http, RESERVE, {"id": event_id, "n": 1}, headers=auth("after"))
+            after = gql(http, RESERVE, {"eventId": event_id, "n": 1}, headers=auth("after"))
         assert after["data"]["createReservation"]["reservation"]
     # Its statement on its way, the unkeyed reservation can't know; the keyed one never
     # reached its COMMIT, and its transaction rolled back when the database resumed.
@@ -394,6 +398,7 @@ def test_a_frozen_database_is_answered_503_within_the_deadline(
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_a_locked_hot_event_does_not_starve_requests_for_other_events(
     database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
@@ -411,7 +416,7 @@ def test_a_locked_hot_event_does_not_starve_requests_for_other_events(
         return response.status_code, time.monotonic() - started
 
     def reserve(event_id: str, customer: str) -> dict[str, Any]:
-        variables = {"id": event_id, "n": 1}
+        variables = {"eventId": event_id, "n": 1}
         return {"json": {"query": RESERVE, "variables": variables}, "headers": auth(customer)}
 
     async def pile_up(http: httpx.AsyncClient) -> tuple[list[Any], list[Any], list[Any]]:
@@ -453,9 +458,9 @@ def test_a_locked_hot_event_does_not_starve_requests_for_other_events(
     assert invariant_violations(engine) == []
 
 
-RESERVE_WITH_HISTORY = """mutation($id: ID!, $n: Int!) {
-    createReservation(input: {eventId: $id, quantity: $n}) {
-        ... on ReservationPayload { reservation { id history { totalCount } } } } }"""
+RESERVE_WITH_HISTORY = reserve_tickets(
+    "... on ReservationPayload { reservation { id history { totalCount } } }"
+)
 
 
 @pytest.fixture
@@ -488,7 +493,7 @@ def test_a_mutation_whose_answer_cannot_be_read_says_its_change_was_made(
         body = gql(
             client,
             RESERVE_WITH_HISTORY,
-            {"id": event_id, "n": 2},
+            {"eventId": event_id, "n": 2},
             headers=auth(),
             expect_status=503,
         )
@@ -536,7 +541,12 @@ def test_a_connection_lost_while_a_reservation_commits_leaves_its_outcome_open(
         lock_event_row(blocker, event_id)
         with ThreadPoolExecutor(max_workers=1) as pool:
             answer = pool.submit(
-                gql, client, RESERVE, {"id": event_id, "n": 1}, headers=auth(), expect_status=503
+                gql,
+                client,
+                RESERVE,
+                {"eventId": event_id, "n": 1},
+                headers=auth(),
+                expect_status=503,
             )
             waiting = None
             deadline = time.monotonic() + 20

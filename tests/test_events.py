@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -10,29 +10,31 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
+from tests.graphql_documents import (
+    CREATE_EVENT,
+    EVENTS,
+    RESERVE_TICKETS,
+    UPDATE_EVENT,
+    cancel_event,
+    change_tickets,
+    on_reservation,
+)
 from tests.helpers import (
     ORGANIZER,
     auth,
     data,
     gql,
     history,
+    in_days,
     insert_event,
     invariant_violations,
+    new_event,
     snapshot,
     start_event_now,
 )
 
-EVENTS = """query($first: Int, $after: String, $filter: EventFilter, $orderBy: EventOrder) {
-    events(first: $first, after: $after, filter: $filter, orderBy: $orderBy) {
-        totalCount
-        edges { cursor node { id name venue ticketsAvailable status } }
-        pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
-    }
-}"""
 EVENT_FIELDS = """id name description venue startsAt endsAt capacity ticketsAvailable
     maxTicketsPerCustomer status createdAt updatedAt"""
-RESERVE = """mutation($id: ID!, $n: Int!) { createReservation(input: {eventId: $id, quantity: $n}) {
-    ... on ReservationPayload { reservation { id } } } }"""
 
 
 def events(client: TestClient, **variables: Any) -> Any:
@@ -41,10 +43,6 @@ def events(client: TestClient, **variables: Any) -> Any:
 
 def names(connection: Any) -> list[str]:
     return [edge["node"]["name"] for edge in connection["edges"]]
-
-
-def in_days(days: float) -> str:
-    return (datetime.now(UTC) + timedelta(days=days)).isoformat()
 
 
 def test_default_listing_hides_started_events_soonest_first(
@@ -166,12 +164,12 @@ def test_missing_malformed_and_wrong_type_ids_give_null(
 def test_my_reservations_lists_only_mine_newest_first(client: TestClient, engine: Engine) -> None:
     event_id = insert_event(engine, capacity=20)
     mine = [
-        data(client, RESERVE, {"id": event_id, "n": n}, headers=auth())["createReservation"][
-            "reservation"
-        ]["id"]
+        data(client, RESERVE_TICKETS, {"eventId": event_id, "n": n}, headers=auth())[
+            "createReservation"
+        ]["reservation"]["id"]
         for n in (1, 2, 3)
     ]
-    data(client, RESERVE, {"id": event_id, "n": 1}, headers=auth("bob"))
+    data(client, RESERVE_TICKETS, {"eventId": event_id, "n": 1}, headers=auth("bob"))
     query = """query($status: ReservationStatus, $after: String) {
         myReservations(first: 2, status: $status, after: $after) {
             totalCount edges { node { id quantity event { id name } } }
@@ -191,7 +189,7 @@ def test_my_reservations_lists_only_mine_newest_first(client: TestClient, engine
 def test_event_reservations_are_for_its_organizer(client: TestClient, engine: Engine) -> None:
     event_id = insert_event(engine, capacity=20)
     for who in ("alice", "bob"):
-        data(client, RESERVE, {"id": event_id, "n": 2}, headers=auth(who))
+        data(client, RESERVE_TICKETS, {"eventId": event_id, "n": 2}, headers=auth(who))
     query = """query($id: ID!) { event(id: $id) { name
         reservations(first: 10) { totalCount edges { node { customer quantity } } } } }"""
     seen = data(client, query, {"id": event_id}, headers=ORGANIZER)["event"]["reservations"]
@@ -203,27 +201,9 @@ def test_event_reservations_are_for_its_organizer(client: TestClient, engine: En
         assert denied == {"name": "Concert", "reservations": None}
 
 
-CREATE_EVENT = """mutation($input: CreateEventInput!) { createEvent(input: $input) {
-    __typename ... on EventPayload { event { id name venue capacity ticketsAvailable
-        maxTicketsPerCustomer startsAt endsAt status } }
-    ... on InvalidEvent { field message } } }"""
-UPDATE_EVENT = """mutation($input: UpdateEventInput!) { updateEvent(input: $input) {
-    __typename ... on EventPayload { event { id name capacity ticketsAvailable
-        maxTicketsPerCustomer startsAt endsAt } }
-    ... on InvalidEvent { field message } ... on Error { message } } }"""
-CANCEL_EVENT = """mutation($id: ID!) { cancelEvent(input: {eventId: $id}) {
-    __typename ... on EventPayload { event { status ticketsAvailable } } ... on Error { message }
-} }"""
-
-
-def new_event(**overrides: Any) -> dict[str, Any]:
-    return {
-        "name": "Launch",
-        "venue": "Dock 5",
-        "startsAt": in_days(10),
-        "capacity": 100,
-        **overrides,
-    }
+CANCEL_EVENT = cancel_event(
+    "__typename ... on EventPayload { event { status ticketsAvailable } } ... on Error { message }"
+)
 
 
 def test_organizer_creates_an_event(client: TestClient, engine: Engine) -> None:
@@ -337,7 +317,7 @@ def test_event_text_keeps_what_real_text_needs(client: TestClient, engine: Engin
 
 def test_update_event_moves_availability_with_capacity(client: TestClient, engine: Engine) -> None:
     event_id = insert_event(engine, capacity=10, max_tickets_per_customer=5)
-    data(client, RESERVE, {"id": event_id, "n": 4}, headers=auth())
+    data(client, RESERVE_TICKETS, {"eventId": event_id, "n": 4}, headers=auth())
     updated = data(
         client,
         UPDATE_EVENT,
@@ -395,8 +375,8 @@ def test_cancel_event_cancels_its_reservations(client: TestClient, engine: Engin
     event_id = insert_event(engine, capacity=10)
     other_event = insert_event(engine, capacity=10)
     for who in ("alice", "bob"):
-        data(client, RESERVE, {"id": event_id, "n": 3}, headers=auth(who))
-    data(client, RESERVE, {"id": other_event, "n": 2}, headers=auth())
+        data(client, RESERVE_TICKETS, {"eventId": event_id, "n": 3}, headers=auth(who))
+    data(client, RESERVE_TICKETS, {"eventId": other_event, "n": 2}, headers=auth())
     result = data(client, CANCEL_EVENT, {"id": event_id}, headers=ORGANIZER)["cancelEvent"]
     assert result["event"] == {"status": "CANCELLED", "ticketsAvailable": 10}
     query = """{ myReservations { edges { node { status event { name }
@@ -414,13 +394,13 @@ def test_cancel_event_cancels_its_reservations(client: TestClient, engine: Engin
     reservation_id = data(
         client, "{ myReservations(status: CANCELLED) { edges { node { id } } } }", headers=auth()
     )["myReservations"]["edges"][0]["node"]["id"]
-    update = """mutation($id: ID!) { updateReservation(input: {reservationId: $id,
-        operation: INCREASE, quantity: 1}) { __typename } }"""
-    assert data(client, update, {"id": reservation_id}, headers=auth())["updateReservation"] == {
-        "__typename": "EventCancelled"
-    }
-    cancel = """mutation($id: ID!) { cancelReservation(input: {reservationId: $id}) {
-        __typename ... on ReservationPayload { reservation { status } } } }"""
+    update = change_tickets("INCREASE", "__typename")
+    assert data(client, update, {"id": reservation_id, "n": 1}, headers=auth())[
+        "updateReservation"
+    ] == {"__typename": "EventCancelled"}
+    cancel = on_reservation(
+        "cancelReservation", "__typename ... on ReservationPayload { reservation { status } }"
+    )
     assert data(client, cancel, {"id": reservation_id}, headers=auth())["cancelReservation"][
         "reservation"
     ] == {"status": "CANCELLED"}

@@ -25,6 +25,7 @@ from playwright.sync_api import (
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from sqlalchemy.engine import Engine
 
+from tests.graphql_documents import reserve_tickets
 from tests.helpers import JWT_SECRET, auth, gql, insert_event
 from tests.servers import RunningServer, serve
 
@@ -34,8 +35,7 @@ pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
-RESERVE = """mutation($id: ID!) { createReservation(input: {eventId: $id, quantity: 3}) {
-    __typename } }"""
+RESERVE = reserve_tickets("__typename")
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_graphiql_runs_queries_with_a_pasted_token_without_the_internet(
 ) -> None:
     event_id = insert_event(engine, name="Offline Jazz Night")
     with httpx.Client(base_url=server.url) as http:
-        assert gql(http, RESERVE, {"id": event_id}, headers=auth("alice"))["data"] == {
+        assert gql(http, RESERVE, {"eventId": event_id, "n": 3}, headers=auth("alice"))["data"] == {
             "createReservation": {"__typename": "ReservationPayload"}
         }
     page = offline.page
@@ -205,7 +205,7 @@ def test_graphiql_runs_a_subscription_that_shows_each_change(
     expect(response).to_contain_text("Live Jazz Night")
 
     with httpx.Client(base_url=server.url) as http:
-        assert gql(http, RESERVE, {"id": event_id}, headers=auth("alice"))["data"] == {
+        assert gql(http, RESERVE, {"eventId": event_id, "n": 3}, headers=auth("alice"))["data"] == {
             "createReservation": {"__typename": "ReservationPayload"}
         }
     expect(response).to_contain_text('"ticketsAvailable": 7')

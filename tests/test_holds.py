@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.graphql_documents import create_reservation
+from tests.graphql_documents import create_reservation, mutation
 from tests.helpers import (
     ORGANIZER,
     DatabaseClock,
@@ -49,12 +49,9 @@ RESULT = f"""
 LIMITS = "... on CustomerLimitReached { limit held } ... on NotEnoughTickets { available }"
 EXPIRED = "... on HoldExpired { expiredAt }"
 CREATE = create_reservation(f"{RESULT} {LIMITS}")
-CONFIRM = f"""mutation($input: ConfirmReservationInput!) {{
-    confirmReservation(input: $input) {{ {RESULT} {EXPIRED} }} }}"""
-UPDATE = f"""mutation($input: UpdateReservationInput!) {{
-    updateReservation(input: $input) {{ {RESULT} {LIMITS} {EXPIRED} }} }}"""
-CANCEL = f"""mutation($input: CancelReservationInput!) {{
-    cancelReservation(input: $input) {{ {RESULT} {EXPIRED} }} }}"""
+CONFIRM = mutation("confirmReservation", f"{RESULT} {EXPIRED}")
+UPDATE = mutation("updateReservation", f"{RESULT} {LIMITS} {EXPIRED}")
+CANCEL = mutation("cancelReservation", f"{RESULT} {EXPIRED}")
 
 
 def create(client: TestClient, event_id: str, quantity: int, who: str = "alice") -> Any:
@@ -550,8 +547,7 @@ def test_hold_times_outside_1_to_120_minutes_are_refused(
     event_id = insert_event(engine)
     answer = data(
         client,
-        """mutation($input: UpdateEventInput!) { updateEvent(input: $input) {
-            __typename ... on InvalidEvent { field } } }""",
+        mutation("updateEvent", "__typename ... on InvalidEvent { field }"),
         {"input": {"eventId": event_id, "holdMinutes": minutes}},
         headers=ORGANIZER,
     )["updateEvent"]
@@ -563,7 +559,7 @@ def test_a_new_hold_time_applies_to_new_holds_only(client: TestClient, engine: E
     first = create(client, event_id, 1)["reservation"]
     data(
         client,
-        """mutation($input: UpdateEventInput!) { updateEvent(input: $input) { __typename } }""",
+        mutation("updateEvent", "__typename"),
         {"input": {"eventId": event_id, "holdMinutes": None}},
         headers=ORGANIZER,
     )

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
+from tests.graphql_documents import CREATE_EVENT, EVENTS, RESERVE_TICKETS, UPDATE_EVENT
 from tests.helpers import (
     JWT_SECRET,
     ORGANIZER,
@@ -22,10 +23,10 @@ from tests.helpers import (
     gql,
     history,
     insert_event,
+    new_event,
     snapshot,
     start_event_now,
 )
-from tests.test_events import CREATE_EVENT, EVENTS, UPDATE_EVENT, new_event
 from ticketing.api.ids import key_of
 
 NUL = "\x00"
@@ -158,9 +159,8 @@ def test_several_mutations_in_one_request_each_see_fresh_data(
     event_id = insert_event(engine, capacity=10)
     first = data(
         client,
-        "mutation($id: ID!) { createReservation(input: {eventId: $id, quantity: 2}) {"
-        " ... on ReservationPayload { reservation { id } } } }",
-        {"id": event_id},
+        RESERVE_TICKETS,
+        {"eventId": event_id, "n": 2},
         headers=auth(),
     )["createReservation"]["reservation"]["id"]
     fields = """... on ReservationPayload { reservation { quantity

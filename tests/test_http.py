@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy.engine import Engine, make_url
 from starlette.testclient import TestClient
 
+from tests.graphql_documents import CANCEL_EVENT
 from tests.helpers import ORGANIZER, insert_event, make_settings, snapshot
 from ticketing import graphiql
 from ticketing.app import create_app
@@ -185,7 +186,7 @@ def test_get_mutation_is_405_allow_post_and_changes_nothing(
     response = client.get(
         "/graphql",
         params={
-            "query": "mutation($id: ID!) { cancelEvent(input: {eventId: $id}) { __typename } }",
+            "query": CANCEL_EVENT,
             "variables": f'{{"id": "{event_id}"}}',
         },
         headers=ORGANIZER,
@@ -227,7 +228,7 @@ def test_post_runs_the_same_mutation(client: TestClient, engine: Engine) -> None
     response = post(
         client,
         {
-            "query": "mutation($id: ID!) { cancelEvent(input: {eventId: $id}) { __typename } }",
+            "query": CANCEL_EVENT,
             "variables": {"id": event_id},
         },
         headers=ORGANIZER,

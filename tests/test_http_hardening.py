@@ -3,20 +3,17 @@
 
 from __future__ import annotations
 
-import json
 import re
 import select
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.helpers import JWT_SECRET
-from tests.servers import RunningServer, serve
+from tests.servers import Answer, RunningServer, connect, read_answer, serve
 
 # Starts server processes or external tools: `make test-fast` leaves it out.
 pytestmark = pytest.mark.slow
@@ -34,37 +31,6 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     }
     with serve(env, log_dir=tmp_path_factory.mktemp("hardening")) as running:
         yield running
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def connect(server: RunningServer) -> socket.socket:
-    host, port = server.url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=10)
-
-
-def read_answer(connection: socket.socket) -> Answer:
-    received = b""
-    while b"\r\n\r\n" not in received:
-        chunk = connection.recv(65536)
-        assert chunk, f"connection closed without an answer (got {received!r})"
-        received += chunk
-    head, _, body = received.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {name.lower(): value for name, _, value in (line.partition(": ") for line in lines)}
-    while len(body) < int(headers.get("content-length", 0)):
-        chunk = connection.recv(65536)
-        assert chunk, "connection closed in the middle of the answer"
-        body += chunk
-    return Answer(int(status_line.split()[1]), headers, body)
 
 
 def request(server: RunningServer, head: bytes) -> Answer:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.graphql_documents import create_reservation
+from tests.graphql_documents import create_reservation, mutation
 from tests.helpers import (
     JWT_SECRET,
     ORGANIZER,
@@ -32,8 +32,7 @@ from ticketing.app import create_app
 RESULT = """__typename ... on ReservationPayload { reservation { id quantity status updatedAt }
     event { ticketsAvailable } } ... on Error { message }"""
 CREATE = create_reservation(RESULT)
-UPDATE = f"""mutation($input: UpdateReservationInput!) {{
-    updateReservation(input: $input) {{ {RESULT} }} }}"""
+UPDATE = mutation("updateReservation", RESULT)
 
 
 def create(

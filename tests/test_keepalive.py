@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import JWT_SECRET
-from tests.servers import RunningServer, serve
-from tests.test_http_hardening import connect, read_answer
+from tests.servers import RunningServer, connect, read_answer, serve
 
 # Starts server processes or external tools: `make test-fast` leaves it out.
 pytestmark = pytest.mark.slow

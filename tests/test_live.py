@@ -25,6 +25,7 @@ import websockets
 from sqlalchemy.engine import Engine
 from websockets.asyncio.client import ClientConnection
 
+from tests.graphql_documents import reserve_tickets
 from tests.helpers import JWT_SECRET, auth, insert_event, token
 from tests.servers import RunningServer, client_limits, serve
 from ticketing.auth import mint_token
@@ -38,8 +39,9 @@ pytestmark = pytest.mark.slow
 PROTOCOL = "graphql-transport-ws"
 EVENT_CHANGED = "subscription($id: ID!) { eventChanged(id: $id) { id ticketsAvailable } }"
 MY_RESERVATIONS = "subscription { myReservationChanged { id quantity status customer } }"
-RESERVE = """mutation($id: ID!, $n: Int!) { createReservation(input: {eventId: $id, quantity: $n}) {
-    __typename ... on ReservationPayload { reservation { id } event { ticketsAvailable } } } }"""
+RESERVE = reserve_tickets(
+    "__typename ... on ReservationPayload { reservation { id } event { ticketsAvailable } }"
+)
 
 
 def server_env(database_url: str) -> dict[str, str]:
@@ -142,7 +144,7 @@ async def watch_event(server: RunningServer, event_id: str, **options: Any) -> W
 async def reserve(http: httpx.AsyncClient, event_id: str, customer: str, n: int = 1) -> Any:
     response = await http.post(
         "/graphql",
-        json={"query": RESERVE, "variables": {"id": event_id, "n": n}},
+        json={"query": RESERVE, "variables": {"eventId": event_id, "n": n}},
         headers=auth(customer),
     )
     assert response.status_code == 200, response.text
@@ -458,7 +460,7 @@ def test_subscribers_get_the_current_value_soon_after_a_postgresql_restart(
                 while True:
                     response = await http.post(
                         "/graphql",
-                        json={"query": RESERVE, "variables": {"id": event_id, "n": 2}},
+                        json={"query": RESERVE, "variables": {"eventId": event_id, "n": 2}},
                         headers=auth("alice"),
                     )
                     if response.status_code == 200:

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
+from tests.graphql_documents import create_reservation
 from tests.helpers import (
     JWT_SECRET,
     auth,
@@ -26,8 +27,9 @@ from tests.helpers import (
 from tests.servers import serve
 from ticketing.app import create_app
 
-RESERVE = """mutation Reserve($input: CreateReservationInput!) { createReservation(input: $input) {
-  __typename ... on ReservationPayload { reservation { id } } } }"""
+RESERVE = create_reservation(
+    "__typename ... on ReservationPayload { reservation { id } }", operation="Reserve"
+)
 EVENTS = "query Browse { events(first: 1) { totalCount } }"
 
 

@@ -28,6 +28,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from tests.graphql_documents import change_tickets, on_reservation, reserve_tickets
 from tests.helpers import (
     JWT_SECRET,
     ORGANIZER,
@@ -76,18 +77,11 @@ PLACED = """... on WaitlistPayload { entry { id quantity status reservation { id
     event { ticketsAvailable } }"""
 LIMITS = ("NotEnoughTickets", "CustomerLimitReached")
 DOCUMENTS = {
-    "create": f"""mutation($eventId: ID!, $n: Int!) {{ createReservation(input:
-        {{eventId: $eventId, quantity: $n}}) {{ {result(BOOKED, *LIMITS)} }} }}""",
-    "increase": f"""mutation($id: ID!, $n: Int!) {{ updateReservation(input:
-        {{reservationId: $id, operation: INCREASE, quantity: $n}}) {{
-        {result(BOOKED, *LIMITS, "HoldExpired")} }} }}""",
-    "decrease": f"""mutation($id: ID!, $n: Int!) {{ updateReservation(input:
-        {{reservationId: $id, operation: DECREASE, quantity: $n}}) {{
-        {result(BOOKED, "HoldExpired")} }} }}""",
-    "confirm": f"""mutation($id: ID!) {{ confirmReservation(input: {{reservationId: $id}}) {{
-        {result(BOOKED, "HoldExpired")} }} }}""",
-    "cancel": f"""mutation($id: ID!) {{ cancelReservation(input: {{reservationId: $id}}) {{
-        {result(BOOKED, "HoldExpired")} }} }}""",
+    "create": reserve_tickets(result(BOOKED, *LIMITS)),
+    "increase": change_tickets("INCREASE", result(BOOKED, *LIMITS, "HoldExpired")),
+    "decrease": change_tickets("DECREASE", result(BOOKED, "HoldExpired")),
+    "confirm": on_reservation("confirmReservation", result(BOOKED, "HoldExpired")),
+    "cancel": on_reservation("cancelReservation", result(BOOKED, "HoldExpired")),
     "join": f"""mutation($eventId: ID!, $n: Int!) {{ joinWaitlist(input:
         {{eventId: $eventId, quantity: $n}}) {{
         {result(PLACED, "TicketsAvailable", "CustomerLimitReached")} }} }}""",

@@ -10,39 +10,59 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.helpers import ORGANIZER, auth, data, history, insert_event, snapshot
-from tests.test_events import in_days, new_event
+from tests.graphql_documents import (
+    RESERVE_TICKETS,
+    cancel_event,
+    create_reservation,
+    mutation,
+    on_reservation,
+)
+from tests.helpers import (
+    ORGANIZER,
+    auth,
+    data,
+    history,
+    in_days,
+    insert_event,
+    new_event,
+    snapshot,
+)
 from ticketing.api.ids import key_of, to_global_id
 
 OTHER_ORGANIZER = auth("oscar", organizer=True)
 ADMIN = auth("ada", admin=True)
 MISSING_EVENT = to_global_id("Event", 999_999)
 
-RESERVE = """mutation($id: ID!) { createReservation(input: {eventId: $id, quantity: 2}) {
-    ... on ReservationPayload { reservation { id } } } }"""
 EVENT_RESERVATIONS = """query($id: ID!) { event(id: $id) {
     name reservations { totalCount edges { node { customer quantity } } } } }"""
 RESERVATION = """query($id: ID!) { reservation(id: $id) { customer }
     node(id: $id) { ... on Reservation { customer } } }"""
 HISTORY = "query($id: ID!) { reservation(id: $id) { history { edges { node { kind actor } } } } }"
-CREATE_EVENT = """mutation($input: CreateEventInput!) { createEvent(input: $input) {
-    __typename ... on EventPayload { event { id } } } }"""
+CREATE_EVENT = mutation("createEvent", "__typename ... on EventPayload { event { id } }")
 UPDATE_EVENT = """mutation($id: ID!) { updateEvent(input: {eventId: $id, capacity: 3, name: "Mine"})
     { __typename ... on Error { message } ... on NotFound { id }
       ... on EventPayload { event { name capacity } } } }"""
-CANCEL_EVENT = """mutation($id: ID!) { cancelEvent(input: {eventId: $id}) {
-    __typename ... on Error { message } ... on NotFound { id }
-    ... on EventPayload { event { status } } } }"""
-CANCEL_RESERVATION = """mutation($id: ID!) { cancelReservation(input: {reservationId: $id}) {
-    __typename ... on Error { message } ... on NotFound { id }
-    ... on ReservationPayload { reservation { status } } } }"""
+CANCEL_EVENT = cancel_event(
+    """__typename ... on Error { message } ... on NotFound { id }
+    ... on EventPayload { event { status } }"""
+)
+CANCEL_RESERVATION = on_reservation(
+    "cancelReservation",
+    """__typename ... on Error { message } ... on NotFound { id }
+    ... on ReservationPayload { reservation { status } }""",
+)
 
 
 def event_with_a_reservation(client: TestClient, engine: Engine) -> tuple[str, str]:
     """An event of olivia's (see `insert_event`), and alice's reservation of it."""
     event_id = insert_event(engine, capacity=10)
-    reserved = data(client, RESERVE, {"id": event_id}, headers=auth("alice"))
-    return event_id, reserved["createReservation"]["reservation"]["id"]
+    return event_id, reserve(client, event_id, auth("alice"))["reservation"]["id"]
+
+
+def reserve(client: TestClient, event_id: str, headers: dict[str, str]) -> Any:
+    """Two tickets of the event."""
+    variables = {"eventId": event_id, "n": 2}
+    return data(client, RESERVE_TICKETS, variables, headers=headers)["createReservation"]
 
 
 def answer(client: TestClient, query: str, id: str, headers: dict[str, str]) -> Any:
@@ -75,9 +95,9 @@ def test_another_organizer_cannot_change_or_cancel_the_event(
 ) -> None:
     event_id, _ = event_with_a_reservation(client, engine)
     before = snapshot(engine)
-    for mutation in (UPDATE_EVENT, CANCEL_EVENT):
-        refused = answer(client, mutation, event_id, OTHER_ORGANIZER)
-        missing = answer(client, mutation, MISSING_EVENT, OTHER_ORGANIZER)
+    for document in (UPDATE_EVENT, CANCEL_EVENT):
+        refused = answer(client, document, event_id, OTHER_ORGANIZER)
+        missing = answer(client, document, MISSING_EVENT, OTHER_ORGANIZER)
         assert refused["__typename"] == "NotFound"
         # Word for word what a missing event gets: the ID tells nothing.
         assert as_if_missing(refused, event_id, MISSING_EVENT) == missing
@@ -150,9 +170,7 @@ def test_an_admin_manages_every_event(client: TestClient, engine: Engine) -> Non
 
 def test_history_names_roles_never_subjects(client: TestClient, engine: Engine) -> None:
     event_id = insert_event(engine, capacity=10)
-    reservations = [
-        answer(client, RESERVE, event_id, auth("alice"))["reservation"]["id"] for _ in range(3)
-    ]
+    reservations = [reserve(client, event_id, auth("alice"))["reservation"]["id"] for _ in range(3)]
     for reservation_id, who in zip(reservations, (auth("alice"), ORGANIZER, ADMIN), strict=True):
         answer(client, CANCEL_RESERVATION, reservation_id, who)
     seen = [
@@ -194,15 +212,20 @@ def test_a_replayed_answer_shows_the_event_as_managed_now(
     client: TestClient, engine: Engine
 ) -> None:
     event_id = insert_event(engine, capacity=10)
-    data(client, RESERVE, {"id": event_id}, headers=auth("alice"))
-    keyed = """mutation($id: ID!) { createReservation(
-        input: {eventId: $id, quantity: 1, idempotencyKey: "olivia-buys-one"}) {
-        ... on ReservationPayload { event { reservations { totalCount } } } } }"""
-    first = answer(client, keyed, event_id, ORGANIZER)  # olivia reserves at her own event
+    reserve(client, event_id, auth("alice"))
+    keyed = {"input": {"eventId": event_id, "quantity": 1, "idempotencyKey": "olivia-buys-one"}}
+    reservations = create_reservation(
+        "... on ReservationPayload { event { reservations { totalCount } } }"
+    )
+
+    def reserve_keyed() -> Any:
+        return data(client, reservations, keyed, headers=ORGANIZER)["createReservation"]
+
+    first = reserve_keyed()  # olivia reserves at her own event
     assert first["event"]["reservations"]["totalCount"] == 2
     with engine.begin() as connection:  # then hands the event to oscar
         connection.execute(
             sa.text("UPDATE event SET owner_id = 'oscar' WHERE id = :id"),
             {"id": key_of(event_id, "Event")},
         )
-    assert answer(client, keyed, event_id, ORGANIZER)["event"]["reservations"] is None
+    assert reserve_keyed()["event"]["reservations"] is None

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.graphql_documents import create_reservation
+from tests.graphql_documents import create_reservation, mutation
 from tests.helpers import (
     ORGANIZER,
     auth,
@@ -43,10 +43,8 @@ PAYLOAD = (
 """
 )
 CREATE = create_reservation(PAYLOAD)
-UPDATE = f"""mutation($input: UpdateReservationInput!) {{
-    updateReservation(input: $input) {{ {PAYLOAD} }} }}"""
-CANCEL = f"""mutation($input: CancelReservationInput!) {{
-    cancelReservation(input: $input) {{ {COMMON} }} }}"""
+UPDATE = mutation("updateReservation", PAYLOAD)
+CANCEL = mutation("cancelReservation", COMMON)
 
 
 def create(client: TestClient, event_id: str, quantity: int, who: str = "alice") -> Any:

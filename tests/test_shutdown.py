@@ -12,14 +12,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from tests.graphql_documents import RESERVE_TICKETS
 from tests.helpers import JWT_SECRET, auth, insert_event, invariant_violations, lock_event_row
 from tests.servers import serve
 
 # Starts server processes or external tools: `make test-fast` leaves it out.
 pytestmark = pytest.mark.slow
-
-RESERVE = """mutation($id: ID!) { createReservation(input: {eventId: $id, quantity: 2}) {
-    __typename ... on ReservationPayload { reservation { id } } } }"""
 
 
 def test_sigterm_finishes_in_flight_mutations_then_exits(
@@ -44,7 +42,7 @@ def test_sigterm_finishes_in_flight_mutations_then_exits(
                 in_flight = asyncio.create_task(
                     http.post(
                         "/graphql",
-                        json={"query": RESERVE, "variables": {"id": event_id}},
+                        json={"query": RESERVE_TICKETS, "variables": {"eventId": event_id, "n": 2}},
                         headers=auth(),
                     )
                 )

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from tests.graphql_documents import RESERVE_ID
+from tests.graphql_documents import RESERVE_ID, mutation
 from tests.helpers import (
     ORGANIZER,
     DatabaseClock,
@@ -26,8 +30,11 @@ from tests.helpers import (
     token,
 )
 from ticketing.api.context import Loaders
-from ticketing.api.ids import to_global_id
-from ticketing.db import DatabaseUnavailable
+from ticketing.api.ids import key_of, to_global_id
+from ticketing.app import create_app
+from ticketing.db import Database, DatabaseUnavailable
+from ticketing.live.hub import Hub
+from ticketing.live.listener import Listener
 from ticketing.settings import Settings
 
 PROTOCOL = "graphql-transport-ws"
@@ -198,7 +205,7 @@ def test_joining_the_waitlist_shows_in_the_events_length(
         assert next_data(ws)["eventChanged"] == {"waitlistLength": 0}
         joined = data(
             client,
-            "mutation($input: JoinWaitlistInput!) { joinWaitlist(input: $input) { __typename } }",
+            mutation("joinWaitlist", "__typename"),
             {"input": {"eventId": event_id, "quantity": 1}},
             headers=auth("bob"),
         )
@@ -331,3 +338,65 @@ def test_a_failed_execution_is_not_handed_to_the_other_subscribers(
         reserve(client, event_id, 1)
         payloads = [ws.receive_json()["payload"] for ws in (first, second)]
     assert sorted("errors" in payload for payload in payloads) == [False, True]
+
+
+def test_what_changes_before_the_process_first_listens_still_reaches_its_subscribers(
+    database_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process takes subscriptions before its LISTEN connection is up (its first moments):
+    once it listens, it reads again what they watch, as after a dropped connection."""
+    event_key = key_of(insert_event(engine, capacity=10), "Event")
+    assert event_key is not None
+    may_connect = threading.Event()
+    connect = Listener._connect
+
+    def connect_when_allowed(self: Listener) -> Any:
+        assert may_connect.wait(10)
+        return connect(self)
+
+    monkeypatch.setattr(Listener, "_connect", connect_when_allowed)
+
+    def sell_four() -> None:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "UPDATE event SET tickets_available = tickets_available - 4 WHERE id = :id"
+                ),
+                {"id": event_key},
+            )
+
+    async def watch() -> int:
+        db = Database(engine, max_threads=2)
+        hub = Hub(db)
+        listener = Listener(database_url, hub, db, connect_timeout_s=5)
+        hub.start()
+        listener.start()
+        try:
+            async with hub.watching_events([event_key], lambda row: row, lambda: None) as mailbox:
+                await asyncio.to_thread(sell_four)  # announced while nobody listens
+                may_connect.set()
+                seen = await asyncio.wait_for(mailbox.take(), timeout=5)
+        finally:
+            await listener.stop()
+            await hub.stop()
+        return int(seen.tickets_available)
+
+    assert asyncio.run(watch()) == 6
+
+
+def test_an_app_serves_once_it_has_tried_to_listen(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So that a subscriber taken in a process's first moments hears every change."""
+    connect = Listener._connect
+    listening: list[bool] = []
+
+    def slow_connect(self: Listener) -> Any:
+        time.sleep(0.3)
+        made = connect(self)
+        listening.append(True)
+        return made
+
+    monkeypatch.setattr(Listener, "_connect", slow_connect)
+    with TestClient(create_app(settings)):
+        assert listening == [True]

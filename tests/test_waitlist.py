@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from tests.graphql_documents import create_reservation
+from tests.graphql_documents import create_reservation, mutation
 from tests.helpers import (
     ORGANIZER,
     DatabaseClock,
@@ -30,21 +30,28 @@ ENTRY = """
                           history { edges { node { kind quantity actor } } } } }
     event { id ticketsAvailable waitlistLength }
 """
-JOIN = f"""mutation($input: JoinWaitlistInput!) {{ joinWaitlist(input: $input) {{
-    __typename ... on WaitlistPayload {{ {ENTRY} }} ... on Error {{ message }}
+JOIN = mutation(
+    "joinWaitlist",
+    f"""__typename ... on WaitlistPayload {{ {ENTRY} }} ... on Error {{ message }}
     ... on TicketsAvailable {{ available }} ... on CustomerLimitReached {{ limit held }}
-    ... on InvalidQuantity {{ min max }} }} }}"""
-LEAVE = f"""mutation($input: LeaveWaitlistInput!) {{ leaveWaitlist(input: $input) {{
-    __typename ... on WaitlistPayload {{ {ENTRY} }} ... on Error {{ message }} }} }}"""
+    ... on InvalidQuantity {{ min max }}""",
+)
+LEAVE = mutation(
+    "leaveWaitlist", f"__typename ... on WaitlistPayload {{ {ENTRY} }} ... on Error {{ message }}"
+)
 RESERVE = create_reservation(
     "__typename ... on ReservationPayload { reservation { id } event { ticketsAvailable } }"
 )
-CANCEL = """mutation($input: CancelReservationInput!) { cancelReservation(input: $input) {
-    __typename ... on ReservationPayload { event { ticketsAvailable waitlistLength } } } }"""
-DECREASE = """mutation($input: UpdateReservationInput!) { updateReservation(input: $input) {
-    __typename ... on ReservationPayload { event { ticketsAvailable } } } }"""
-UPDATE_EVENT = """mutation($input: UpdateEventInput!) { updateEvent(input: $input) {
-    __typename ... on EventPayload { event { ticketsAvailable waitlistLength } } } }"""
+CANCEL = mutation(
+    "cancelReservation",
+    "__typename ... on ReservationPayload { event { ticketsAvailable waitlistLength } }",
+)
+DECREASE = mutation(
+    "updateReservation", "__typename ... on ReservationPayload { event { ticketsAvailable } }"
+)
+UPDATE_EVENT = mutation(
+    "updateEvent", "__typename ... on EventPayload { event { ticketsAvailable waitlistLength } }"
+)
 ENTRY_BY_ID = f"""query($id: ID!) {{ node(id: $id) {{ ... on WaitlistEntry {{
     {ENTRY.split("event {")[0].strip()[7:-1]} }} }} }}"""
 
@@ -234,7 +241,7 @@ def test_cancelling_the_event_closes_its_waitlist(client: TestClient, engine: En
     waiting = join(client, event_id, 1)["entry"]
     data(
         client,
-        """mutation($input: CancelEventInput!) { cancelEvent(input: $input) { __typename } }""",
+        mutation("cancelEvent", "__typename"),
         {"input": {"eventId": event_id}},
         headers=ORGANIZER,
     )

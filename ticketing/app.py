@@ -45,9 +45,16 @@ def _not_ready(database: str) -> JSONResponse:
 def create_app(
     settings: Settings | None = None,
     tracing: Tracing | Literal["from environment"] | None = "from environment",
+    *,
+    database: Database | None = None,
 ) -> Starlette:
     """`tracing`: by default as the OTEL_* variables say (ticketing/tracing.py), set up here,
-    in the worker process that serves the app; tests hand in their own."""
+    in the worker process that serves the app; tests hand in their own.
+
+    `database`: one that the caller made from `settings` and disposes of itself (the tests'
+    apps share pools, see `Database.on_the_same_pools`: each app's own would open new
+    connections, whose first statements cost PostgreSQL 15-20 ms); by default the app makes
+    its own and disposes of it."""
     settings = settings or get_settings()
     if not settings.database_url:
         raise RuntimeError(
@@ -59,7 +66,7 @@ def create_app(
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     if tracing == "from environment":
         tracing = setup_from_environment()
-    db = Database.from_settings(settings, settings.database_url)
+    db = database or Database.from_settings(settings, settings.database_url)
     if tracing is not None:
         tracing.instrument(db.engine)
         tracing.instrument(db.autocommit_engine)
@@ -121,6 +128,10 @@ def create_app(
             tasks.append(asyncio.create_task(background.sample_pools(db)))
         hub.start()
         listener.start()
+        # Serve once the process has tried to listen: what changes before it listens is
+        # heard by nobody (subscribers taken meanwhile are brought up to date once it does).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(listener.first_attempt(), settings.db_connect_timeout_s + 1)
         yield
         await listener.stop()
         await hub.stop()
@@ -128,7 +139,8 @@ def create_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        db.dispose()
+        if database is None:
+            db.dispose()
         metrics.worker_stopped()
         if tracing is not None:
             # Off the event loop: it exports the spans still queued.

@@ -196,24 +196,24 @@ class _Turns:
     most `wait_s`, so a queue on one row can't take the connections other requests need."""
 
     def __init__(self, limit: int, wait_s: float) -> None:
-        self._limit, self._wait_s = limit, wait_s
+        self.limit, self.wait_s = limit, wait_s
         self._queues: dict[Hashable, _Queue] = {}
 
     @asynccontextmanager
     async def __call__(self, key: Hashable) -> AsyncIterator[None]:
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = _Queue(anyio.Semaphore(self._limit))
+            queue = self._queues[key] = _Queue(anyio.Semaphore(self.limit))
         queue.waiting_or_running += 1
         try:
             try:
                 queue.turns.acquire_nowait()
             except anyio.WouldBlock:
                 try:
-                    with anyio.fail_after(self._wait_s):
+                    with anyio.fail_after(self.wait_s):
                         await queue.turns.acquire()
                 except TimeoutError:
-                    raise DatabaseUnavailable(f"{key!r}: no turn within {self._wait_s} s") from None
+                    raise DatabaseUnavailable(f"{key!r}: no turn within {self.wait_s} s") from None
             try:
                 yield
             finally:
@@ -275,6 +275,19 @@ class Database:
                 settings.db_connections_per_event,
                 max(deadline_s - settings.db_lock_timeout_ms / 1000, 0),
             ),
+        )
+
+    def on_the_same_pools(self) -> Database:
+        """Another Database on these engines (pools), with thread limits and turns of its own:
+        those belong to the event loop that waits on them, so apps that share pools (the
+        tests') each need their own."""
+        turns = None if self._turns is None else _Turns(self._turns.limit, self._turns.wait_s)
+        return Database(
+            self.engine,
+            max_threads=self._max_threads,
+            autocommit_engine=self.autocommit_engine,
+            deadline_s=self._deadline_s,
+            turns=turns,
         )
 
     def session(self) -> Session:

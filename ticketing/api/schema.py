@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from functools import cache
+from dataclasses import dataclass
+from functools import cache, lru_cache
 
 import strawberry
 from graphql import (
@@ -23,6 +24,7 @@ from strawberry.utils.str_converters import to_camel_case
 from ticketing.api.context import Context
 from ticketing.api.errors import ErrorCode, request_error
 from ticketing.api.events import EventMutations
+from ticketing.api.limits import DocumentLimits
 from ticketing.api.queries import Query
 from ticketing.api.reservations import ReservationMutations
 from ticketing.api.sharing import SharingExecutionContext
@@ -177,21 +179,45 @@ class TicketingSchema(strawberry.Schema):
                 )
 
 
+@dataclass(frozen=True)
+class SchemaOptions:
+    """What of the settings shapes the schema: the document limits and introspection."""
+
+    max_tokens: int
+    limits: DocumentLimits
+    introspection: bool
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SchemaOptions:
+        return cls(
+            max_tokens=settings.max_query_tokens,
+            limits=DocumentLimits.from_settings(settings),
+            introspection=settings.introspection_enabled,
+        )
+
+
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
-    """The schema with the limits and introspection policy of `settings` (defaults if None)."""
-    settings = settings or Settings()
-    validate_document = validator_for(settings)
+    """The schema with the limits and introspection policy of `settings` (defaults if None).
+
+    Apps in one process with the same options share one schema, and its validation cache:
+    a schema takes 15-25 ms to build, and the test suite makes an app for most tests."""
+    return _schema_for(SchemaOptions.from_settings(settings or Settings()))
+
+
+@lru_cache(maxsize=16)
+def _schema_for(options: SchemaOptions) -> strawberry.Schema:
+    validate_document = validator_for(options.limits, introspection=options.introspection)
     extensions: list[Callable[[], SchemaExtension] | type[SchemaExtension]] = [
         # Factories, as extensions hold per-request state; the caches they use are shared
         # across requests. The token limit applies while parsing, before anything else.
-        lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
+        lambda: MaxTokensLimiter(max_token_count=options.max_tokens),
         lambda: ParserCache(maxsize=DOCUMENT_CACHE_SIZE),
         lambda: ValidateWithinLimits(validate_document),
         RequireOperationName,
         NameTheOperation,
         MaskUnexpectedErrors,
     ]
-    if not settings.introspection_enabled:
+    if not options.introspection:
         # Suggestions in errors would reveal the names that introspection hides.
         extensions.append(HideSuggestions)
     return TicketingSchema(

@@ -23,7 +23,6 @@ from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRul
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
 from ticketing.api.limits import DocumentLimits, is_budget_exhausted, limit_error
-from ticketing.settings import Settings
 
 DocumentValidator = Callable[[GraphQLSchema, DocumentNode], list[GraphQLError]]
 
@@ -33,11 +32,11 @@ _SUGGESTION = re.compile(r"\s*Did you mean [^?]*\?")
 DOCUMENT_CACHE_SIZE = 1024
 
 
-def validator_for(settings: Settings) -> DocumentValidator:
-    """The service's validation under `settings`' limits and introspection policy."""
-    hide_schema = not settings.introspection_enabled
+def validator_for(limits: DocumentLimits, *, introspection: bool) -> DocumentValidator:
+    """The service's validation under `limits`, with or without introspection."""
+    hide_schema = not introspection
     return document_validator(
-        DocumentLimits.from_settings(settings),
+        limits,
         extra_rules=[NoSchemaIntrospectionCustomRule] if hide_schema else [],
         # Suggestions would reveal the names that introspection hides.
         hide_suggestions=hide_schema,

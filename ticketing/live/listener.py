@@ -61,9 +61,14 @@ class Listener:
         self._check = ""  # the payload of the check awaited
         self._heard = asyncio.Event()
         self._deaf = False
+        self._tried = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen_forever())
+
+    async def first_attempt(self) -> None:
+        """Until the first connection has been tried: made and listening, or failed."""
+        await self._tried.wait()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -72,7 +77,11 @@ class Listener:
 
     async def _listen_forever(self) -> None:
         backoff = FIRST_BACKOFF_S
-        lost_at: datetime | None = None  # when announcements may have started to be missed
+        # When announcements may have started to be missed: until the first connection
+        # listens, too, so that a subscriber who came before it (in a process's first
+        # moments) is brought up to date as after a drop.
+        lost_at: datetime | None = datetime.now(UTC)
+        dropped = False
         while True:
             try:
                 connection = await asyncio.to_thread(self._connect)
@@ -80,16 +89,19 @@ class Listener:
                 logger.warning(
                     "Live updates: cannot listen (retrying in %.1f s): %s", backoff, error
                 )
+                self._tried.set()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
             backoff = FIRST_BACKOFF_S
             try:
                 if lost_at is not None:
-                    logger.info("Live updates: listening again; re-reading what is watched")
+                    if dropped:
+                        logger.info("Live updates: listening again; re-reading what is watched")
                     await self._hub.resync(since=lost_at)
                     lost_at = None
                 self.connected.set()
+                self._tried.set()
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._relay(connection))
                     group.create_task(self._hears())
@@ -106,6 +118,7 @@ class Listener:
                 self.connected.clear()
                 connection.close()
                 lost_at = lost_at or datetime.now(UTC)
+                dropped = True
 
     async def _hears(self) -> None:
         """Announce a check through the service's database and wait to hear it here; Deaf if
