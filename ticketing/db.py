@@ -81,9 +81,17 @@ def session_settings(*, statement_timeout_ms: int, lock_timeout_ms: int) -> str:
     later forwards only the parameters it is told to track.)"""
     return (
         f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}; "
-        f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}; "
-        "SET LOCAL timezone = 'UTC'; "
+        f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}; " + _LAST_SETTING
     )
+
+
+_LAST_SETTING = "SET LOCAL timezone = 'UTC'; "
+
+
+def without_settings(statement: str) -> str:
+    """A statement as the service wrote it, without the settings put in front of it."""
+    settings, found, written = statement.partition(_LAST_SETTING)
+    return written if found and settings.startswith("SET LOCAL") else statement
 
 
 def create_db_engine(

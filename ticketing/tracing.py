@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ticketing import logs
+from ticketing.db import without_settings
 from ticketing.metrics import OTHER, UNNAMED
 
 if TYPE_CHECKING:
@@ -169,6 +170,7 @@ class Tracing:
         ) -> None:
             if not current_span().is_recording():
                 return
+            statement = without_settings(statement)
             operation = statement.split(None, 1)[0].upper() if statement else "SQL"
             setattr(
                 context,
