@@ -351,9 +351,10 @@ def test_a_client_that_stops_reading_is_dropped_without_slowing_the_others(
         f"beside a client that stopped reading: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
         f" over {len(delays)} deliveries; the stopped client dropped after {dropped_after} s"
     )
-    # Held back by the stopped client, the others would wait seconds (until it is dropped,
-    # after STUCK_AFTER_S); a second leaves room for a busy machine (about 0.1 s when quiet).
-    assert p99 < 1.0
+    # Held back by the stopped client, the others would wait until it is dropped, after
+    # STUCK_AFTER_S (10 s); about 0.1 s when the machine is quiet, 1.6 s was seen with both CI
+    # passes and a benchmark running beside them.
+    assert p99 < 3.0
     assert dropped_after is not None
     assert dropped_after < STUCK_AFTER_S + 5
     assert "Traceback" not in server.output()
