@@ -35,10 +35,12 @@ test: $(INSTALLED)
 	$(BIN)/pytest
 
 # The in-process tests only (no server processes, private PostgreSQL servers or external tools),
-# and a few examples of each Hypothesis property: the inner loop while working; `make test` is
-# what CI runs.
+# and a few examples of each Hypothesis property, spread over one worker per core (each with a
+# PostgreSQL of its own); compiled modules are kept between runs even where the environment
+# says not to write them (recompiling the tests and the package costs seconds per worker). The
+# inner loop while working; `make test` is what CI runs.
 test-fast: $(INSTALLED)
-	HYPOTHESIS_PROFILE=fast $(BIN)/pytest -m "not slow"
+	HYPOTHESIS_PROFILE=fast PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -m "not slow" -n auto
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

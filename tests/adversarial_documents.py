@@ -4,6 +4,7 @@ selections of events and reservations, floods of same-named fields, many operati
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 from graphql import Lexer, Source, TokenKind
@@ -16,6 +17,18 @@ def token_count(document: str) -> int:
     while lexer.advance().kind != TokenKind.EOF:
         count += 1
     return count
+
+
+# The lexer's tokens in documents without block strings or comments (the builders' own), found
+# 20 times faster than by the lexer: the size search below counts hundreds of documents while
+# the tests are collected. The tests check what it finds with `token_count`.
+_TOKENS = re.compile(
+    r'\.\.\.|[!$&():=@\[\]{|}]|[_A-Za-z]\w*|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|"(?:[^"\\\n]|\\.)*"'
+)
+
+
+def _quick_token_count(document: str) -> int:
+    return len(_TOKENS.findall(document))
 
 
 def fragment_chain(spreads: int, root: str = "query Q { ...F0 }", on: str = "Query") -> Builder:
@@ -135,11 +148,11 @@ BUILDERS: dict[str, Builder] = {
 def at_token_limit(build: Builder, max_tokens: int) -> str:
     """The largest document `build` makes within `max_tokens` (binary search on its size)."""
     low, high = 1, 1
-    while token_count(build(high)) <= max_tokens:
+    while _quick_token_count(build(high)) <= max_tokens:
         low, high = high, high * 2
     while high - low > 1:
         middle = (low + high) // 2
-        if token_count(build(middle)) <= max_tokens:
+        if _quick_token_count(build(middle)) <= max_tokens:
             low = middle
         else:
             high = middle
