@@ -24,7 +24,7 @@ def build_wheel(workdir: Path) -> Path:
             shutil.copytree(ROOT / name, source / name, ignore=ignore)
         else:
             shutil.copy(ROOT / name, source / name)
-    subprocess.run(
+    built = subprocess.run(
         [
             sys.executable,
             *("-m", "pip", "wheel", "--quiet", "--no-deps", "--no-index"),
@@ -32,6 +32,9 @@ def build_wheel(workdir: Path) -> Path:
         ],
         check=True,
         capture_output=True,
+        text=True,
     )
+    # What every install (`make install` included) would print: a packaging mistake.
+    assert "BuildBackendWarning" not in built.stderr, built.stderr
     [wheel] = (workdir / "dist").glob("ticketing-*.whl")
     return wheel

@@ -55,6 +55,8 @@ def test_ticketing_migrate_runs_from_an_installed_wheel(
     elsewhere.mkdir()
     imported = _run(python, "-c", "import ticketing; print(ticketing.__file__)", cwd=elsewhere)
     assert imported.startswith(str(site)), imported
+    # GraphiQL's page and assets come with it.
+    _run(python, "-c", "from ticketing import graphiql; graphiql.load()", cwd=elsewhere)
 
     url = databases.create()
     migrated = subprocess.run(
