@@ -113,6 +113,26 @@ def test_the_graphql_floor_executes_the_my_reservations_document() -> None:
     assert 0 < load.busy <= 1
 
 
+def test_the_database_cpu_counts_backends_that_ended_meanwhile(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(MachineLoad, "database_root", None)
+    MachineLoad.watch(engine)
+    assert MachineLoad.database_root is not None
+    busy = "SELECT count(*) FROM generate_series(1, 3000000)"  # about 0.2 s of a backend
+    with MachineLoad() as load:
+        ended = sa.create_engine(engine.url, poolclass=sa.NullPool)
+        with ended.connect() as connection:
+            connection.execute(sa.text(busy))
+        ended.dispose()
+    assert load.database_cpu_s is not None
+    assert load.database_cpu_s > 0.1
+    with MachineLoad() as idle:
+        time.sleep(0.2)
+    assert idle.database_cpu_s is not None
+    assert idle.database_cpu_s < 0.1
+
+
 class FakeSale(BaseHTTPRequestHandler):
     """Answers the hold sale's requests as the service would: a hold for the token's fan, and
     ACTIVE for a confirmation of a hold by its own fan (else NotFound)."""
