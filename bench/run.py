@@ -40,7 +40,7 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from bench import dataset, graphql_floor, live, reservation_sql, stack
+from bench import capacity, dataset, graphql_floor, live, reservation_sql, stack
 from bench.stats import percentile
 from ticketing import migrations
 from ticketing.api.ids import to_global_id
@@ -250,6 +250,13 @@ def main() -> int:
     path = RESULTS / f"{datetime.now(UTC):%Y-%m-%dT%H%M}{shape}.md"
     path.write_text(report)
     print(f"Written to {path.relative_to(BENCH.parent)}")
+    # The capacity model is for one instance straight on PostgreSQL: the ceilings through
+    # HAProxy and PgBouncer are those of the proxies on this machine.
+    figures = _capacity_figures(measured, engine, path) if args.instances == 1 else None
+    if figures is not None:
+        path.with_suffix(".json").write_text(figures.to_json())
+        capacity.CAPACITY.write_text(capacity.render(figures))
+        print(f"Capacity model written to {capacity.CAPACITY.relative_to(BENCH.parent)}")
     return 1 if failures else 0
 
 
@@ -832,11 +839,7 @@ def _report(
 ) -> str:
     http_ceiling = measured[HTTP_CEILING.name].median("requests_per_s")
     db_ceiling = measured[DB_CEILING_NAME].median("requests_per_s")
-    with engine.connect() as connection:
-        server_version = connection.scalar(sa.text("SHOW server_version"))
-    revision = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH
-    ).stdout.strip()
+    server_version, revision = _server_version(engine), _revision()
     lines = [
         f"# Benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
@@ -893,6 +896,52 @@ def _report(
         ]
     lines += ["", "Failures: " + ("; ".join(failures) if failures else "none")]
     return "\n".join(lines) + "\n"
+
+
+def _server_version(engine: Engine) -> str:
+    with engine.connect() as connection:
+        return str(connection.scalar(sa.text("SHOW server_version")))
+
+
+def _revision() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH
+    ).stdout.strip()
+
+
+def _capacity_figures(
+    measured: dict[str, Measured], engine: Engine, results: Path
+) -> capacity.Figures | None:
+    """What the capacity model needs, if the run measured it all."""
+    needed = ["browse", "my reservations", HOT_SALE.name, DB_CEILING_NAME]
+    if not all(measured.get(name) and measured[name].runs for name in needed):
+        return None
+
+    def scenario(name: str) -> capacity.Scenario:
+        row = measured[name]
+        return capacity.Scenario(
+            requests_per_s=row.median("requests_per_s"),
+            server_cpu_ms=row.median("cpu_ms_per_request"),
+            database_cpu_ms=row.median("database_cpu_ms_per_request"),
+            p99_ms=row.median("p99_ms"),
+        )
+
+    single_row = measured[DB_CEILING_NAME]
+    return capacity.Figures(
+        results=str(results.relative_to(BENCH.parent)),
+        commit=_revision() or "unknown",
+        cores=os.cpu_count() or 1,
+        postgresql=_server_version(engine),
+        browse=scenario("browse"),
+        my_reservations=scenario("my reservations"),
+        hot_sale=scenario(HOT_SALE.name),
+        single_row=capacity.Ceiling(
+            reservations_per_s=single_row.median("requests_per_s"),
+            per_lock=1,
+            database_cpu_ms=single_row.median("database_cpu_ms_per_request"),
+        ),
+        coalesced=None,
+    )
 
 
 def _shape(args: argparse.Namespace) -> list[str]:
