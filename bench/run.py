@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import secrets
@@ -39,7 +40,7 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from bench import dataset, graphql_floor, live, reservation_sql, stack
+from bench import capacity, dataset, graphql_floor, live, reservation_sql, stack
 from bench.stats import percentile
 from ticketing import migrations
 from ticketing.api.ids import to_global_id
@@ -114,6 +115,8 @@ class Run:
     machine_busy: float  # of all cores, whatever used them: 100% means the hardware is the limit
     confirmed_per_s: float = 0.0  # holds confirmed (the hold sale)
     proxy_cpu_ms_per_request: float = 0.0  # the balancer's and the pooler's (--instances)
+    # PostgreSQL's, all its processes, when it runs on this machine (else NaN)
+    database_cpu_ms_per_request: float = math.nan
 
 
 @dataclass
@@ -188,6 +191,7 @@ def main() -> int:
         raise SystemExit(f"BENCH_DATABASE_URL: {error}") from None
     engine = create_db_engine(url)
     migrations.upgrade(engine)
+    MachineLoad.watch(engine)
     secret = secrets.token_urlsafe(48)
     print("Preparing data and tokens...", flush=True)
     dataset.load(engine)
@@ -246,6 +250,13 @@ def main() -> int:
     path = RESULTS / f"{datetime.now(UTC):%Y-%m-%dT%H%M}{shape}.md"
     path.write_text(report)
     print(f"Written to {path.relative_to(BENCH.parent)}")
+    # The capacity model is for one instance straight on PostgreSQL: the ceilings through
+    # HAProxy and PgBouncer are those of the proxies on this machine.
+    figures = _capacity_figures(measured, engine, path) if args.instances == 1 else None
+    if figures is not None:
+        path.with_suffix(".json").write_text(figures.to_json())
+        capacity.CAPACITY.write_text(capacity.render(figures))
+        print(f"Capacity model written to {capacity.CAPACITY.relative_to(BENCH.parent)}")
     return 1 if failures else 0
 
 
@@ -440,21 +451,52 @@ class RssSampler:
         return max(self.peak_kib.values()) / 1024
 
 
-def _cpu_s(pid: int) -> float:
-    """CPU time a process has used, user and system."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+def _cpu_s(pid: int, *, with_reaped: bool = False) -> float:
+    """CPU time a process has used, user and system; `with_reaped`: and its exited children
+    that it waited for."""
+    fields = _stat(pid)
+    if not fields:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = sum(int(value) for value in fields[11 : 15 if with_reaped else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _parent(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[1]) if fields else None
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat from its state on (the name before it may hold spaces); [] if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
 
 
 class MachineLoad:
-    """How busy all the cores were between entering and leaving (from /proc/stat)."""
+    """How busy all the cores were between entering and leaving (from /proc/stat), and the CPU
+    seconds the database server used meanwhile when it runs on this machine (see `watch`)."""
+
+    # The postmaster of the database the benchmark uses, if it runs here.
+    database_root: int | None = None
+
+    @classmethod
+    def watch(cls, engine: Engine) -> None:
+        """Count the CPU of `engine`'s PostgreSQL server from now on, if it runs here."""
+        try:
+            with engine.connect() as connection:
+                data_directory = connection.scalar(sa.text("SHOW data_directory"))
+            pid_file = Path(data_directory) / "postmaster.pid"
+            cls.database_root = int(pid_file.read_text().split()[0])
+        except (sa.exc.DBAPIError, OSError, ValueError, IndexError):
+            cls.database_root = None  # elsewhere, or not ours to read
 
     def __enter__(self) -> MachineLoad:
         self._before = self._times()
+        self._database_before = self._database_cpu_s()
         self.busy = 0.0
+        self.database_cpu_s: float | None = None
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -462,6 +504,22 @@ class MachineLoad:
         total = sum(after) - sum(self._before)
         idle = (after[3] + after[4]) - (self._before[3] + self._before[4])  # idle, iowait
         self.busy = 1 - idle / total if total else 0.0
+        database_after = self._database_cpu_s()
+        if self._database_before is not None and database_after is not None:
+            self.database_cpu_s = database_after - self._database_before
+
+    def _database_cpu_s(self) -> float | None:
+        """The postmaster's CPU and its children's, living (their own) and exited (which the
+        postmaster reaps into its children's times), so a backend that ends midway counts."""
+        root = self.database_root
+        if root is None:
+            return None
+        while True:  # again if a child was reaped while they were read: it would be missed
+            reaped = _cpu_s(root, with_reaped=True)
+            pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+            living = sum(_cpu_s(pid, with_reaped=True) for pid in pids if _parent(pid) == root)
+            if _cpu_s(root, with_reaped=True) == reaped:
+                return reaped + living
 
     @staticmethod
     def _times() -> list[int]:
@@ -521,6 +579,7 @@ def _wrk_run(
         machine_busy=load.busy,
         confirmed_per_s=result.get("confirmed", 0) / duration_s,
         proxy_cpu_ms_per_request=1000 * proxy_cpu_s / max(result["requests"], 1),
+        database_cpu_ms_per_request=_per_request_ms(load.database_cpu_s, result["requests"]),
     )
     proxy_cpu = f" (+{run.proxy_cpu_ms_per_request:.2f} proxies)" if proxies else ""
     print(
@@ -707,6 +766,7 @@ def pgbench_run(url: str, script: Path, clients: int, seconds: int) -> Run:
         peak_rss_mib=0,
         cpu_ms_per_request=0,
         machine_busy=load.busy,
+        database_cpu_ms_per_request=_per_request_ms(load.database_cpu_s, len(latencies_us)),
     )
     print(
         f"  pgbench: {tps:.0f} transactions/s, p99 {run.p99_ms:.1f} ms, "
@@ -714,6 +774,14 @@ def pgbench_run(url: str, script: Path, clients: int, seconds: int) -> Run:
         flush=True,
     )
     return run
+
+
+def _per_request_ms(cpu_s: float | None, requests: int) -> float:
+    return math.nan if cpu_s is None else 1000 * cpu_s / max(requests, 1)
+
+
+def _ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
 
 
 def _graphql_floor_run(seconds: int) -> Run:
@@ -771,11 +839,7 @@ def _report(
 ) -> str:
     http_ceiling = measured[HTTP_CEILING.name].median("requests_per_s")
     db_ceiling = measured[DB_CEILING_NAME].median("requests_per_s")
-    with engine.connect() as connection:
-        server_version = connection.scalar(sa.text("SHOW server_version"))
-    revision = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH
-    ).stdout.strip()
+    server_version, revision = _server_version(engine), _revision()
     lines = [
         f"# Benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
@@ -787,10 +851,10 @@ def _report(
         *_shape(args),
         "",
         "| scenario | connections | requests/s | spread | successes/s | p50 ms | p99 ms | errors "
-        "| of HTTP ceiling | of DB ceiling | server CPU ms/request "
+        "| of HTTP ceiling | of DB ceiling | server CPU ms/request | database CPU ms/request "
         f"{'| HAProxy + PgBouncer CPU ms/request ' if args.instances > 1 else ''}"
         "| machine CPU busy | peak RSS per worker MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         + ("---|" if args.instances > 1 else ""),
     ]
     for row in measured.values():
@@ -808,7 +872,7 @@ def _report(
             f"| {row.median('successes_per_s'):.0f} | {row.median('p50_ms'):.1f} "
             f"| {row.median('p99_ms'):.1f} | {sum(run.errors for run in row.runs)} "
             f"| {ratios} "
-            f"| {cpu:.2f} "
+            f"| {cpu:.2f} | {_ms(row.median('database_cpu_ms_per_request'))} "
             + (f"| {row.median('proxy_cpu_ms_per_request'):.2f} " if args.instances > 1 else "")
             + f"| {row.median('machine_busy'):.0%} "
             f"| {f'{rss:.0f}' if rss else '-'} |"
@@ -832,6 +896,52 @@ def _report(
         ]
     lines += ["", "Failures: " + ("; ".join(failures) if failures else "none")]
     return "\n".join(lines) + "\n"
+
+
+def _server_version(engine: Engine) -> str:
+    with engine.connect() as connection:
+        return str(connection.scalar(sa.text("SHOW server_version")))
+
+
+def _revision() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH
+    ).stdout.strip()
+
+
+def _capacity_figures(
+    measured: dict[str, Measured], engine: Engine, results: Path
+) -> capacity.Figures | None:
+    """What the capacity model needs, if the run measured it all."""
+    needed = ["browse", "my reservations", HOT_SALE.name, DB_CEILING_NAME]
+    if not all(measured.get(name) and measured[name].runs for name in needed):
+        return None
+
+    def scenario(name: str) -> capacity.Scenario:
+        row = measured[name]
+        return capacity.Scenario(
+            requests_per_s=row.median("requests_per_s"),
+            server_cpu_ms=row.median("cpu_ms_per_request"),
+            database_cpu_ms=row.median("database_cpu_ms_per_request"),
+            p99_ms=row.median("p99_ms"),
+        )
+
+    single_row = measured[DB_CEILING_NAME]
+    return capacity.Figures(
+        results=str(results.relative_to(BENCH.parent)),
+        commit=_revision() or "unknown",
+        cores=os.cpu_count() or 1,
+        postgresql=_server_version(engine),
+        browse=scenario("browse"),
+        my_reservations=scenario("my reservations"),
+        hot_sale=scenario(HOT_SALE.name),
+        single_row=capacity.Ceiling(
+            reservations_per_s=single_row.median("requests_per_s"),
+            per_lock=1,
+            database_cpu_ms=single_row.median("database_cpu_ms_per_request"),
+        ),
+        coalesced=None,
+    )
 
 
 def _shape(args: argparse.Namespace) -> list[str]:

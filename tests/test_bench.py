@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -21,19 +23,24 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from bench import dataset, graphql_floor, live, reservation_sql
+from bench import capacity, dataset, graphql_floor, live, reservation_sql
 from bench.run import (
+    DB_CEILING_NAME,
     HOLD_SALE,
+    HOT_SALE,
     LUA,
     MachineLoad,
+    Measured,
     ReleaseWatch,
+    Run,
+    _capacity_figures,
     _require_wrk,
     _sleep_until,
     _wrk,
     pgbench_run,
 )
 from tests.graphql_documents import RESERVE
-from tests.helpers import JWT_SECRET, auth, gql, insert_event, invariant_violations
+from tests.helpers import JWT_SECRET, ROOT, auth, gql, insert_event, invariant_violations
 from tests.servers import serve
 from ticketing.api.ids import key_of
 from ticketing.db import Database
@@ -111,6 +118,26 @@ def test_the_graphql_floor_executes_the_my_reservations_document() -> None:
     assert floor.executions_per_cpu_s > 0
     assert 0 < floor.p50_ms <= floor.p99_ms
     assert 0 < load.busy <= 1
+
+
+def test_the_database_cpu_counts_backends_that_ended_meanwhile(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(MachineLoad, "database_root", None)
+    MachineLoad.watch(engine)
+    assert MachineLoad.database_root is not None
+    busy = "SELECT count(*) FROM generate_series(1, 3000000)"  # about 0.2 s of a backend
+    with MachineLoad() as load:
+        ended = sa.create_engine(engine.url, poolclass=sa.NullPool)
+        with ended.connect() as connection:
+            connection.execute(sa.text(busy))
+        ended.dispose()
+    assert load.database_cpu_s is not None
+    assert load.database_cpu_s > 0.1
+    with MachineLoad() as idle:
+        time.sleep(0.2)
+    assert idle.database_cpu_s is not None
+    assert idle.database_cpu_s < 0.1
 
 
 class FakeSale(BaseHTTPRequestHandler):
@@ -235,3 +262,66 @@ def test_the_commit_to_subscriber_delay_runs_until_the_value_or_a_newer_one_arri
     # the second (8 and 7 never reached it).
     assert round(figures.shown_p50_ms) == 50
     assert round(figures.shown_p99_ms) == 300
+
+
+def test_the_capacity_model_is_written_from_the_run_it_names() -> None:
+    written = capacity.CAPACITY.read_text()
+    named = re.search(r"figures of \[(bench/results/[^\]]+)\.md\]", written)
+    assert named, "bench/CAPACITY.md names no results file"
+    figures = capacity.Figures.from_json((ROOT / f"{named.group(1)}.json").read_text())
+    assert written == capacity.render(figures), "run python -m bench.capacity on its figures"
+
+
+def _figures_with(coalesced: capacity.Ceiling | None) -> capacity.Figures:
+    def scenario(server_cpu_ms: float, database_cpu_ms: float) -> capacity.Scenario:
+        return capacity.Scenario(100, server_cpu_ms, database_cpu_ms, 50)
+
+    return capacity.Figures(
+        results="bench/results/x.md",
+        commit="abc",
+        cores=2,
+        postgresql="16",
+        browse=scenario(0.14, math.nan),
+        my_reservations=scenario(2.0, 0.3),
+        hot_sale=scenario(1.4, 0.5),
+        single_row=capacity.Ceiling(reservations_per_s=800, per_lock=1, database_cpu_ms=1.0),
+        coalesced=coalesced,
+    )
+
+
+def test_the_capacity_model_is_arithmetic_on_the_figures() -> None:
+    single = capacity.render(_figures_with(None))
+    # 10,000/s x 1.4 ms = 14 busy cores, at 70% busy: 20; 100,000/s x 0.14 ms: 14 -> 20.
+    assert "14.0 busy cores, so **20 app cores**" in single
+    assert "10,000 x 0.50 ms = 5.0 busy cores, so **8 database cores**" in single
+    assert "the row takes 800 turns a second here (12x short of the target)" in single
+    assert "not measured (the database ran on another machine)" in single
+    assert "bound by its row's turns" in single
+    # 8,000/s at 10 per lock: 800 turns; 10,000/s needs 12.5 per turn, more than 10.
+    short = capacity.Ceiling(reservations_per_s=8000, per_lock=10, database_cpu_ms=0.2)
+    assert "needs 12 reservations per turn" in capacity.render(_figures_with(short))
+    assert "bound by its row's turns" in capacity.render(_figures_with(short))
+    enough = capacity.Ceiling(reservations_per_s=24000, per_lock=20, database_cpu_ms=0.2)
+    rendered = capacity.render(_figures_with(enough))
+    assert "within what the batch size setting allows" in rendered
+    assert "bound by nothing of the row's" in rendered
+
+
+def test_a_run_that_measured_it_all_gives_the_capacity_figures(engine: Engine) -> None:
+    def measured(name: str, rate: float, cpu_ms: float) -> Measured:
+        run = Run(rate, rate, 1.0, 9.0, 0, 100.0, cpu_ms, 0.9, database_cpu_ms_per_request=0.1)
+        return Measured(name, 32, [run])
+
+    rows = {
+        "browse": measured("browse", 10_000, 0.1),
+        "my reservations": measured("my reservations", 400, 3.0),
+        HOT_SALE.name: measured(HOT_SALE.name, 500, 2.0),
+    }
+    results = ROOT / "bench" / "results" / "x.md"
+    assert _capacity_figures(rows, engine, results) is None  # no database ceiling
+    rows[DB_CEILING_NAME] = measured(DB_CEILING_NAME, 800, 0.0)
+    figures = _capacity_figures(rows, engine, results)
+    assert figures is not None
+    assert figures.results == "bench/results/x.md"
+    assert (figures.hot_sale.server_cpu_ms, figures.single_row.reservations_per_s) == (2.0, 800)
+    assert capacity.Figures.from_json(figures.to_json()) == figures
