@@ -9,11 +9,14 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml  # PyYAML: a dependency of uvicorn[standard]
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -129,3 +132,24 @@ def test_the_image_runs_the_installed_package_without_the_source_tree() -> None:
     assert "setup.py" in " ".join(copied)
     assert all("--from=builder" in rest for keyword, rest in runtime if keyword == "COPY")
     assert not [rest for keyword, rest in instructions if "PYTHONPATH" in rest]
+
+
+@pytest.mark.parametrize(
+    ("lock", "extras"), [("requirements/lock.txt", []), ("requirements/dev-lock.txt", ["dev"])]
+)
+def test_the_lock_files_pin_what_pyproject_declares(lock: str, extras: list[str]) -> None:
+    """Every install (the image, `make install`, CI) takes its dependencies from a lock alone,
+    hashes required: one declared in pyproject.toml without `make lock` would be missing."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"]]
+    for extra in extras:
+        declared += project["optional-dependencies"][extra]
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / lock).read_text(), re.MULTILINE)
+    pinned = {canonicalize_name(name): version for name, version in pins}
+    for requirement in map(Requirement, declared):
+        version = pinned.get(canonicalize_name(requirement.name))
+        assert version is not None, f"{requirement.name} is not in {lock}: run make lock"
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"{lock} pins {requirement.name}=={version}, outside {requirement.specifier}: "
+            "run make lock"
+        )
