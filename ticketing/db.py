@@ -148,18 +148,27 @@ def create_db_engine(
     return engine
 
 
+# An execution option: SQL sent before the statement in the same query string, so without a
+# round trip of its own. PostgreSQL runs each of a query string's statements with a snapshot
+# of its own, as one implicit transaction outside a transaction.
+PRECEDED_BY = "ticketing_preceded_by"
+
+
 def _set_locally(
     settings: str,
     conn: sa.Connection,
     cursor: psycopg2.extensions.cursor,
     statement: str,
     parameters: object,
-    context: object,
+    context: sa.engine.ExecutionContext | None,
     executemany: bool,
 ) -> tuple[str, object]:
     """Puts `settings` before a statement that begins a transaction: the first after psycopg2's
     BEGIN, or any in autocommit mode, where PostgreSQL runs the query string as one implicit
-    transaction (so `SET LOCAL` holds for the statement after it)."""
+    transaction (so `SET LOCAL` holds for the statement after it). And the statement's
+    `PRECEDED_BY`, if any, between them."""
+    if context is not None:
+        statement = context.execution_options.get(PRECEDED_BY, "") + statement
     if cursor.connection.status == psycopg2.extensions.STATUS_READY:
         if cursor.name is None:
             return settings + statement, parameters

@@ -11,15 +11,19 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.orm import Mapped, aliased
+from sqlalchemy.sql.util import ClauseAdapter
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import Select
 
+from ticketing.db import PRECEDED_BY
 from ticketing.domain import clock, rules
 from ticketing.domain.actors import Actor
+from ticketing.domain.errors import DomainError
 from ticketing.domain.models import (
     SYSTEM_ACTOR,
     ActorRole,
@@ -112,28 +116,52 @@ def _take_statement() -> Select[Event, Reservation]:
         .returning(hold.c.tickets)
         .cte("held")
     )
-    # On an event with a hold time the reservation is HELD until confirmed, else final.
-    hold_minutes = taken.c.hold_minutes
     made = (
         insert(Reservation)
         .from_select(
-            ["event_id", "customer_id", "quantity", "status", "expires_at", "confirmed_at"],
+            _NEW_RESERVATION,
             sa.select(
-                taken.c.id,
-                customer_id,
-                quantity,
-                sa.case(
-                    (hold_minutes.is_(None), ReservationStatus.ACTIVE.value),
-                    else_=ReservationStatus.HELD.value,
-                ),
-                clock.now() + hold_minutes * _ONE_MINUTE,
-                sa.case((hold_minutes.is_(None), clock.now())),
+                taken.c.id, customer_id, quantity, *_new_reservation_state(taken.c.hold_minutes)
             ).select_from(taken.join(held, sa.true())),
         )
         .returning(*Reservation.__table__.c)  # type: ignore[attr-defined]
         .cte("made")
     )
-    logged = (
+    logged = _created_history(made)
+    return (
+        select(aliased(Event, taken), aliased(Reservation, made))
+        .select_from(taken)
+        .join(made, sa.true())
+        .add_cte(logged)
+        .execution_options(populate_existing=True)
+    )
+
+
+_ONE_MINUTE: sa.ColumnElement[timedelta] = sa.literal_column(
+    "interval '1 minute'", type_=sa.Interval
+)
+
+# A new reservation's columns: its event's, its customer's and quantity, then its state.
+_NEW_RESERVATION = ["event_id", "customer_id", "quantity", "status", "expires_at", "confirmed_at"]
+
+
+def _new_reservation_state(
+    hold_minutes: sa.ColumnElement[int | None],
+) -> tuple[sa.ColumnElement[Any], ...]:
+    """On an event with a hold time a new reservation is HELD until confirmed, else final."""
+    return (
+        sa.case(
+            (hold_minutes.is_(None), ReservationStatus.ACTIVE.value),
+            else_=ReservationStatus.HELD.value,
+        ),
+        clock.now() + hold_minutes * _ONE_MINUTE,
+        sa.case((hold_minutes.is_(None), clock.now())),
+    )
+
+
+def _created_history(made: sa.CTE) -> sa.CTE:
+    """The CREATED history lines of the reservations `made` returns."""
+    return (
         insert(ReservationChange)
         .from_select(
             ["reservation_id", "kind", "quantity", "actor", "actor_role"],
@@ -147,18 +175,228 @@ def _take_statement() -> Select[Event, Reservation]:
         )
         .cte("logged")
     )
+
+
+@dataclass(frozen=True)
+class Asked:
+    """One customer's request for tickets, among others for the same event."""
+
+    customer_id: str
+    quantity: int
+
+
+def take_together(
+    session: Session, *, event_id: int, asked: Sequence[Asked]
+) -> list[Booking | DomainError] | None:
+    """Decide many reservations of one event at once, first come first served: each takes
+    its tickets, or is refused as alone it would be (see `rules.reservation_refusal`), as
+    if they came one after the other. One round trip, which locks the event's row once
+    for all of them, then takes, inserts the reservations and their history lines and adds
+    to the customers' holds in one statement; atomic even outside a transaction.
+
+    The answers in the order asked, each with the event as the statement left it. None if
+    the event doesn't exist or has expired holds, which only the event's lock releases
+    (see `locking`): then nothing was done."""
+    # SQLModel's `exec` types only its own `select`, which takes at most four entities.
+    statement: Any = getattr(_per_thread, "take_together", None)
+    if statement is None:
+        statement = _per_thread.take_together = _take_together_statement()
+    rows = session.exec(
+        statement,
+        params={
+            "event_id": event_id,
+            "customers": [one.customer_id for one in asked],
+            "quantities": [one.quantity for one in asked],
+        },
+        # The statement reads the customers' holds: a snapshot taken once the lock is ours
+        # sees every change committed before (they all lock the event's row first). So it
+        # comes after a statement that only takes the lock, in the same query string
+        # (one implicit transaction outside a transaction).
+        execution_options={
+            PRECEDED_BY: f"SELECT FROM event WHERE id = {int(event_id)} FOR UPDATE; "
+        },
+    ).all()
+    if not rows:
+        return None
+    answers: list[Booking | DomainError] = []
+    for (event, refusal, available, held, reservation), one in zip(rows, asked, strict=True):
+        if refusal is None:
+            answers.append(Booking(reservation=reservation, event=event))
+        else:
+            answers.append(
+                rules.refusal_error(
+                    refusal, event, taking=one.quantity, available=available, held=held
+                )
+            )
+    return answers
+
+
+def _take_together_statement() -> sa.Select[Event, str | None, int, int, Reservation]:
+    """The parameters are `event_id`, and `customers` and `quantities` in the order asked."""
+    event_id = sa.bindparam("event_id", type_=sa.BigInteger)
+    hold = CustomerHold.__table__  # type: ignore[attr-defined]
+    requests = (
+        sa.func.unnest(
+            sa.bindparam("customers", type_=ARRAY(sa.Text)),
+            sa.bindparam("quantities", type_=ARRAY(sa.Integer)),
+        )
+        .table_valued(
+            sa.column("customer_id", sa.Text),
+            sa.column("quantity", sa.Integer),
+            with_ordinality="ord",
+        )
+        .render_derived()
+    )
+    asked = (
+        sa.select(
+            requests.c.ord,
+            requests.c.customer_id,
+            requests.c.quantity,
+            sa.func.coalesce(hold.c.tickets, 0).label("held"),
+        )
+        .select_from(
+            requests.outerjoin(
+                hold,
+                sa.and_(hold.c.event_id == event_id, hold.c.customer_id == requests.c.customer_id),
+            )
+        )
+        .cte("asked")
+    )
+    # A walk through the requests in order. Its first row is the event as locked; each next
+    # one, the event after a request (`tickets_available` left, and in `taken` the tickets
+    # the walk gave each customer), with that request's refusal, if any.
+    start = sa.select(
+        col(Event.id),
+        col(Event.status),
+        col(Event.starts_at),
+        col(Event.tickets_available),
+        col(Event.max_tickets_per_customer),
+        sa.cast(0, sa.BigInteger).label("ord"),
+        sa.null().cast(sa.Text).label("customer_id"),
+        sa.null().cast(sa.Integer).label("quantity"),
+        sa.literal_column("'{}'::jsonb", JSONB).label("taken"),
+        sa.null().cast(sa.Text).label("refusal"),
+        sa.null().cast(sa.Integer).label("held"),
+        sa.null().cast(sa.BigInteger).label("reservation_id"),
+    ).where(col(Event.id) == event_id, ~has_expired_holds(col(Event.id)))
+    walk = start.cte("walk", recursive=True)
+    held = asked.c.held + sa.func.coalesce(
+        walk.c.taken.op("->>")(asked.c.customer_id).cast(sa.Integer), 0
+    )
+    # Its event's columns are the walk's: the state left by the requests before it.
+    refusal = ClauseAdapter(walk).traverse(
+        rules.reservation_refusal(taking=asked.c.quantity, held=held)
+    )
+    granted = refusal.is_(None)
+    walk = walk.union_all(
+        sa.select(
+            walk.c.id,
+            walk.c.status,
+            walk.c.starts_at,
+            walk.c.tickets_available - sa.case((granted, asked.c.quantity), else_=0),
+            walk.c.max_tickets_per_customer,
+            asked.c.ord,
+            asked.c.customer_id,
+            asked.c.quantity,
+            sa.case(
+                (
+                    granted,
+                    walk.c.taken.op("||")(
+                        sa.func.jsonb_build_object(
+                            asked.c.customer_id,
+                            sa.func.coalesce(
+                                walk.c.taken.op("->>")(asked.c.customer_id).cast(sa.Integer), 0
+                            )
+                            + asked.c.quantity,
+                        )
+                    ),
+                ),
+                else_=walk.c.taken,
+            ),
+            refusal,
+            held,
+            # Its id, drawn here so that each answer finds its own reservation.
+            sa.case((granted, _NEXT_RESERVATION_ID)),
+        ).select_from(walk.join(asked, asked.c.ord == walk.c.ord + 1))
+    )
+    granted_rows = sa.and_(walk.c.ord > 0, walk.c.refusal.is_(None))
+    tickets_taken = sa.select(sa.func.sum(walk.c.quantity)).where(granted_rows).scalar_subquery()
+    taken = (
+        sa.update(Event)
+        .where(col(Event.id) == event_id, sa.exists().where(granted_rows))
+        .values(
+            tickets_available=col(Event.tickets_available) - tickets_taken,
+            updated_at=clock.now(),
+        )
+        .returning(*Event.__table__.c)  # type: ignore[attr-defined]
+        .cte("taken")
+    )
+    per_customer = (
+        sa.select(walk.c.customer_id, sa.func.sum(walk.c.quantity).label("tickets"))
+        .where(granted_rows)
+        .group_by(walk.c.customer_id)
+        .subquery("per_customer")
+    )
+    proposed = insert(CustomerHold).from_select(
+        ["event_id", "customer_id", "tickets", "ticket_limit"],
+        sa.select(
+            taken.c.id,
+            per_customer.c.customer_id,
+            per_customer.c.tickets,
+            taken.c.max_tickets_per_customer,
+        ).select_from(taken.join(per_customer, sa.true())),
+    )
+    # The CHECK on the holds stays a backstop: past a limit, it fails the whole statement.
+    held_now = proposed.on_conflict_do_update(
+        index_elements=["event_id", "customer_id"],
+        set_={
+            "tickets": hold.c.tickets + proposed.excluded.tickets,
+            "ticket_limit": proposed.excluded.ticket_limit,
+        },
+    ).cte("held_now")
+    made = (
+        insert(Reservation)
+        .from_select(
+            ["id", *_NEW_RESERVATION],
+            sa.select(
+                walk.c.reservation_id,
+                taken.c.id,
+                walk.c.customer_id,
+                walk.c.quantity,
+                *_new_reservation_state(taken.c.hold_minutes),
+            )
+            .select_from(walk.join(taken, sa.true()))
+            .where(granted_rows),
+        )
+        .returning(*Reservation.__table__.c)  # type: ignore[attr-defined]
+        .cte("made")
+    )
+    # The event as the statement leaves it: its main query can't see the CTEs' changes.
+    untouched = sa.select(Event).where(col(Event.id) == event_id, ~sa.exists(sa.select(taken.c.id)))
+    after = sa.union_all(sa.select(taken), untouched).cte("after")
     return (
-        select(aliased(Event, taken), aliased(Reservation, made))
-        .select_from(taken)
-        .join(made, sa.true())
-        .add_cte(logged)
+        sa.select(
+            aliased(Event, after),
+            walk.c.refusal,
+            walk.c.tickets_available,
+            walk.c.held,
+            aliased(Reservation, made),
+        )
+        .select_from(walk)
+        .join(after, sa.true())
+        .outerjoin(made, made.c.id == walk.c.reservation_id)
+        .where(walk.c.ord > 0)
+        .order_by(walk.c.ord)
+        .add_cte(held_now, _created_history(made))
         .execution_options(populate_existing=True)
     )
 
 
-_ONE_MINUTE: sa.ColumnElement[timedelta] = sa.literal_column(
-    "interval '1 minute'", type_=sa.Interval
+# The next value of the reservations' identity, as a row inserted without an id would get.
+_NEXT_RESERVATION_ID: sa.ColumnElement[int] = sa.literal_column(
+    "nextval(pg_get_serial_sequence('reservation', 'id'))", type_=sa.BigInteger
 )
+
 
 # Built once per thread, not once per process: SQLAlchemy completes a statement lazily on its
 # first use, which is not thread-safe. A shared one, first run by many threads at once, was

@@ -37,6 +37,8 @@ class Refusal(enum.StrEnum):
     HOLD_EXPIRED = "HOLD_EXPIRED"
     EVENT_STARTED = "EVENT_STARTED"
     NOT_ENOUGH_TICKETS = "NOT_ENOUGH_TICKETS"
+    # Last: a reservation statement takes the tickets, then the customer's hold refuses.
+    CUSTOMER_LIMIT_REACHED = "CUSTOMER_LIMIT_REACHED"
 
 
 def refusal(
@@ -59,25 +61,59 @@ def refusal(
     return sa.case(*reasons, else_=sa.null())
 
 
-def refuse(
-    reason: str | None, event: Event, *, taking: int = 0, reservation: Reservation | None = None
-) -> None:
-    """Raise the refusal that `refusal()` named, if any."""
-    if reason is None:
-        return
+def reservation_refusal(
+    *, taking: sa.ColumnElement[int], held: sa.ColumnElement[int]
+) -> sa.ColumnElement[str | None]:
+    """The first refusal for a new reservation of `taking` tickets of an `event` row by a
+    customer who holds `held`: `refusal()`'s, then the per-customer limit, the order in
+    which the one-statement reservation meets them. For statements that decide many
+    reservations at once, where the `hold_within_limit` CHECK can't refuse one alone."""
+    limit = col(Event.max_tickets_per_customer)
+    over_limit = sa.and_(limit.is_not(None), held + taking > limit)
+    return sa.func.coalesce(
+        refusal(taking=taking),
+        sa.case((over_limit, Refusal.CUSTOMER_LIMIT_REACHED.value), else_=sa.null()),
+        type_=sa.String,
+    )
+
+
+def refusal_error(
+    reason: str,
+    event: Event,
+    *,
+    taking: int = 0,
+    reservation: Reservation | None = None,
+    available: int | None = None,
+    held: int = 0,
+) -> DomainError:
+    """The error for the refusal that `refusal()` or `reservation_refusal()` named.
+    `available`: the tickets there were when it was decided, if not the event's now;
+    `held`: the customer's tickets then (for the limit)."""
     if reason == Refusal.HOLD_EXPIRED:
         assert reservation is not None
         assert reservation.expires_at is not None
-        raise HoldExpired(expired_at=reservation.expires_at)
+        return HoldExpired(expired_at=reservation.expires_at)
+    if reason == Refusal.CUSTOMER_LIMIT_REACHED:
+        assert event.max_tickets_per_customer is not None
+        return CustomerLimitReached(limit=event.max_tickets_per_customer, held=held)
     errors: dict[str, DomainError] = {
         Refusal.EVENT_CANCELLED: EventCancelled(),
         Refusal.RESERVATION_CANCELLED: ReservationCancelled(),
         Refusal.EVENT_STARTED: EventStarted(),
         Refusal.NOT_ENOUGH_TICKETS: NotEnoughTickets(
-            requested=taking, available=event.tickets_available
+            requested=taking,
+            available=event.tickets_available if available is None else available,
         ),
     }
-    raise errors[reason]
+    return errors[reason]
+
+
+def refuse(
+    reason: str | None, event: Event, *, taking: int = 0, reservation: Reservation | None = None
+) -> None:
+    """Raise the refusal that `refusal()` named, if any."""
+    if reason is not None:
+        raise refusal_error(reason, event, taking=taking, reservation=reservation)
 
 
 def require_positive(quantity: int) -> None:
