@@ -67,6 +67,7 @@ def create_app(
     if tracing == "from environment":
         tracing = setup_from_environment()
     db = database or Database.from_settings(settings, settings.database_url)
+    db.observe_units(metrics.BATCH_SIZE.observe)
     if tracing is not None:
         tracing.instrument(db.engine)
         tracing.instrument(db.autocommit_engine)

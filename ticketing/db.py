@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import psycopg2
@@ -28,6 +28,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
 from sqlmodel import Session
 
+from ticketing.domain.errors import DomainError
+from ticketing.domain.operation import Together
 from ticketing.settings import Settings
 
 T = TypeVar("T")
@@ -241,6 +243,102 @@ class _Turns:
                 del self._queues[key]
 
 
+@dataclass
+class _Asking:
+    together: Together[Any, Any]
+    answer: asyncio.Future[Any]
+    since: float
+
+
+class Gatherer:
+    """Gathers concurrent requests for the same row into one unit of work.
+
+    A hot event's reservations queue on its row, each locking it in turn. Requests of a key
+    that arrive while a unit of that key runs wait in the process, holding no thread or
+    connection, and go together in the next unit, which decides each one (see
+    `Together`): one lock per unit instead of one per request. Nothing waits on purpose:
+    a request that finds no unit of its key running starts one at once, and the next unit
+    forms while the current one runs, so units grow only with the contention. One unit per
+    key at a time, of at most `max_size` requests, first come first served; a request
+    waits at most `wait_s` for its unit to start."""
+
+    def __init__(
+        self,
+        run: Callable[[Callable[[Session], Any], Hashable], Awaitable[Any]],
+        max_size: int,
+        wait_s: float,
+    ) -> None:
+        self._run, self.max_size, self.wait_s = run, max_size, wait_s
+        # Told each unit's size (the metrics').
+        self.observe: Callable[[int], object] = lambda size: None
+        self._waiting: dict[Hashable, list[_Asking]] = {}
+        self._units: set[asyncio.Task[None]] = set()  # referenced while they run
+
+    async def __call__(self, together: Together[Any, T]) -> T | None:
+        """The request's own answer, raised if a refusal; None if its unit decided nothing.
+        A unit that fails fails each of its requests with its error."""
+        loop = asyncio.get_running_loop()
+        asking = _Asking(together, loop.create_future(), loop.time())
+        waiting = self._waiting.get(together.key)
+        if waiting is None:
+            waiting = self._waiting[together.key] = []
+            units = loop.create_task(self._run_units(together.key, waiting))
+            self._units.add(units)
+            units.add_done_callback(self._units.discard)
+        waiting.append(asking)
+        answer = await asking.answer
+        if isinstance(answer, DomainError):
+            raise answer
+        result: T | None = answer
+        return result
+
+    async def _run_units(self, key: Hashable, waiting: list[_Asking]) -> None:
+        try:
+            while waiting:
+                unit, too_late = [], self._loop_time() - self.wait_s
+                for asking in waiting[: self.max_size]:
+                    # Left out: those whose request gave up (a deadline, a closed
+                    # connection), and those that waited too long.
+                    if asking.answer.done():
+                        continue
+                    if asking.since < too_late:
+                        asking.answer.set_exception(
+                            DatabaseUnavailable(f"{key!r}: no turn within {self.wait_s} s")
+                        )
+                        continue
+                    unit.append(asking)
+                del waiting[: self.max_size]
+                if unit:
+                    await self._decide(key, unit)
+        finally:
+            del self._waiting[key]
+            for asking in waiting:  # only if this task was cancelled
+                asking.answer.cancel()
+
+    async def _decide(self, key: Hashable, unit: list[_Asking]) -> None:
+        self.observe(len(unit))
+        items = [asking.together.item for asking in unit]
+        decide_all = unit[0].together.decide_all
+        try:
+            answers = await self._run(lambda session: decide_all(session, items), key)
+        except Exception as error:
+            for asking in unit:
+                if not asking.answer.done():
+                    asking.answer.set_exception(error)
+            return
+        except BaseException:
+            for asking in unit:
+                asking.answer.cancel()
+            raise
+        for index, asking in enumerate(unit):
+            if not asking.answer.done():
+                asking.answer.set_result(None if answers is None else answers[index])
+
+    @staticmethod
+    def _loop_time() -> float:
+        return asyncio.get_running_loop().time()
+
+
 class Database:
     """Engines plus the means to run database work off the event loop."""
 
@@ -252,12 +350,14 @@ class Database:
         autocommit_engine: Engine | None = None,
         deadline_s: float | None = None,
         turns: _Turns | None = None,
+        batch_size: int = 1,
     ) -> None:
         """`autocommit_engine`: a pool of its own for `autocommit` work, since switching a
         pooled connection in and out of autocommit costs a round trip each time. Without
         one, `engine`'s connections are switched. `deadline_s`: the longest `run` and
         `run_autocommit` wait (None: no limit). `turns`: how many works that name the same
-        row in `contends_for` may run at once."""
+        row in `contends_for` may run at once. `batch_size`: the most operations
+        `run_together` gathers into one unit (1: none are gathered)."""
         self.engine = engine
         self.autocommit_engine = autocommit_engine or engine.execution_options(
             isolation_level="AUTOCOMMIT"
@@ -266,6 +366,16 @@ class Database:
         self._limiters: dict[Engine, anyio.CapacityLimiter] = {}
         self._deadline_s = deadline_s
         self._turns = turns
+        self.batch_size = batch_size
+        self._gatherer = (
+            Gatherer(
+                lambda work, key: self.run_autocommit(work, contends_for=key),
+                batch_size,
+                wait_s=turns.wait_s if turns is not None else deadline_s or float("inf"),
+            )
+            if batch_size > 1
+            else None
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str) -> Database:
@@ -292,6 +402,7 @@ class Database:
                 settings.db_connections_per_event,
                 max(deadline_s - settings.db_lock_timeout_ms / 1000, 0),
             ),
+            batch_size=settings.db_batch_size,
         )
 
     def on_the_same_pools(self) -> Database:
@@ -305,6 +416,7 @@ class Database:
             autocommit_engine=self.autocommit_engine,
             deadline_s=self._deadline_s,
             turns=turns,
+            batch_size=self.batch_size,
         )
 
     def session(self) -> Session:
@@ -348,6 +460,19 @@ class Database:
         return await self._in_thread(
             self.autocommit_engine, partial(self.autocommit, work), contends_for
         )
+
+    def observe_units(self, observe: Callable[[int], object]) -> None:
+        """Have `observe` told the number of operations of each unit `run_together` runs."""
+        if self._gatherer is not None:
+            self._gatherer.observe = observe
+
+    async def run_together(self, together: Together[Any, T]) -> T | None:
+        """`together`'s operation, decided in one unit of work (`run_autocommit`) with the
+        concurrent ones of its key (see `Gatherer`): its answer, raised if a refusal. None
+        when it must run alone: its unit decided nothing, or none are gathered."""
+        if self._gatherer is None:
+            return None
+        return await self._gatherer(together)
 
     async def _in_thread(
         self, engine: Engine, call: Callable[[_Unit | None], T], contends_for: Hashable | None

@@ -48,6 +48,12 @@ RESERVATIONS = Counter(
     "idempotent replays are not counted again.",
     ["kind"],
 )
+BATCH_SIZE = Histogram(
+    "ticketing_batch_size",
+    "New reservations of one event decided together in one statement, per statement "
+    "(concurrent requests gathered while the one before ran; 1 when there was no contention).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 REPLAYS = Counter(
     "ticketing_idempotent_replays",
     "Keyed mutations answered with the first answer of an earlier request with the same key.",

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     db_deadline_ms: int = Field(default=3000, ge=100)
     # A hot event's row serialises its reservations: more connections would only wait on it.
     db_connections_per_event: int = Field(default=4, ge=1)
+    # The most new reservations of one event a worker decides in one statement: those that
+    # arrive while one of that event runs go in the next (1: each alone).
+    db_batch_size: int = Field(default=32, ge=1, le=1000)
     # Anonymous query answers are shared for this long (0: never); at most a second stale.
     answer_cache_ttl_ms: int = Field(default=500, ge=0, le=1000)
     answer_cache_entries: int = Field(default=1000, ge=1)

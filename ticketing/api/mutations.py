@@ -48,7 +48,9 @@ async def attempt(
     info.context.replayed = False  # mutations run one after the other
     try:
         done = None
-        if operation.on_its_own is not None:
+        if operation.together is not None:
+            done = await db.run_together(operation.together)
+        if done is None and operation.on_its_own is not None:
             done = await db.run_autocommit(
                 operation.on_its_own, contends_for=operation.contends_for
             )

@@ -15,16 +15,18 @@ from sqlmodel import Session
 
 from ticketing.domain import promotion, rules
 from ticketing.domain.actors import Actor
-from ticketing.domain.errors import InvalidQuantity, NotFound
+from ticketing.domain.errors import DomainError, InvalidQuantity, NotFound
 from ticketing.domain.inventory import (
+    Asked,
     Booking,
     change_tickets,
     confirm_in_one_statement,
     take_in_one_statement,
+    take_together,
 )
 from ticketing.domain.locking import LockedReservation, lock_event, lock_reservation
 from ticketing.domain.models import ChangeKind, ReservationStatus
-from ticketing.domain.operation import Operation
+from ticketing.domain.operation import Operation, Together
 
 
 def reserve(*, event_id: int, actor: Actor, quantity: int) -> Operation[Booking]:
@@ -39,7 +41,23 @@ def reserve(*, event_id: int, actor: Actor, quantity: int) -> Operation[Booking]
         in_transaction=partial(_reserve_locked, event_id, customer_id, quantity),
         on_its_own=partial(_reserve_at_once, event_id, customer_id, quantity),
         contends_for=("event", event_id),
+        # Concurrent reservations of the event may be decided in one statement (see
+        # `inventory.take_together`), those left undecided then alone; an invalid quantity
+        # is refused alone.
+        together=Together(
+            ("event", event_id),
+            Asked(customer_id, quantity),
+            partial(_reserve_together, event_id),
+        )
+        if quantity >= 1
+        else None,
     )
+
+
+def _reserve_together(
+    event_id: int, session: Session, asked: list[Asked]
+) -> list[Booking | DomainError] | None:
+    return take_together(session, event_id=event_id, asked=asked)
 
 
 def _reserve_at_once(
