@@ -47,7 +47,7 @@ from ticketing.api.ids import to_global_id
 from ticketing.db import create_db_engine
 from ticketing.domain.audit import hold_mismatches, inventory_mismatches
 from ticketing.embedded import start_embedded_postgres
-from ticketing.settings import postgresql_url
+from ticketing.settings import Settings, postgresql_url
 
 BENCH = Path(__file__).resolve().parent
 WORK = BENCH / ".work"
@@ -76,6 +76,12 @@ SCENARIOS = [
 ]
 HTTP_CEILING = Scenario("HTTP ceiling: bare Starlette, fixed JSON", "browse.lua", 32)
 DB_CEILING_NAME = "DB ceiling: pgbench, the reservation SQL"
+# What a worker gathers at most into one statement (TICKETING_DB_BATCH_SIZE's default).
+BATCH_SIZE = Settings.model_fields["db_batch_size"].default
+DB_BATCH_CEILING_NAME = (
+    f"DB ceiling: pgbench, the gathered reservation SQL ({BATCH_SIZE} per statement), "
+    "reservations/s"
+)
 GRAPHQL_FLOOR_NAME = "GraphQL floor: my reservations document in-process, 1 core"
 
 
@@ -117,6 +123,7 @@ class Run:
     proxy_cpu_ms_per_request: float = 0.0  # the balancer's and the pooler's (--instances)
     # PostgreSQL's, all its processes, when it runs on this machine (else NaN)
     database_cpu_ms_per_request: float = math.nan
+    reservations_per_statement: float = 0.0  # new reservations (the hot sale), on average
 
 
 @dataclass
@@ -198,9 +205,14 @@ def main() -> int:
     dataset.write_client_files(engine, secret, WORK)
     db_script = WORK / "reserve.sql"
     db_script.write_text(reservation_sql.pgbench_script(engine, event_id=1))
+    db_batch_script = WORK / "reserve_together.sql"
+    db_batch_script.write_text(
+        reservation_sql.pgbench_batch_script(engine, event_id=1, size=BATCH_SIZE)
+    )
 
     measured = {s.name: Measured(s.name, s.connections) for s in [*scenarios, HTTP_CEILING]}
     measured[DB_CEILING_NAME] = Measured(DB_CEILING_NAME, HOT_SALE.connections)
+    measured[DB_BATCH_CEILING_NAME] = Measured(DB_BATCH_CEILING_NAME, HOT_SALE.connections)
     measured[GRAPHQL_FLOOR_NAME] = Measured(GRAPHQL_FLOOR_NAME, 1)
     storm_rows = [StormMeasured(storm) for storm in storms]
     failures: list[str] = []
@@ -212,7 +224,9 @@ def main() -> int:
             print(f"Run {number} of {args.runs}", flush=True)
             dataset.load(engine)
             for scenario in scenarios:
+                since = _database_time(engine)
                 run = _wrk_run(wrk, scenario, service, args.duration)
+                run.reservations_per_statement = _reservations_per_statement(engine, since)
                 failures += _check(scenario.name, run, engine)
                 if scenario is HOLD_SALE:
                     failures += _check_hold_sale(engine)
@@ -234,6 +248,16 @@ def main() -> int:
             dataset.load(engine)
             measured[DB_CEILING_NAME].runs.append(
                 pgbench_run(ceiling_url, db_script, HOT_SALE.connections, args.duration)
+            )
+            dataset.load(engine)
+            measured[DB_BATCH_CEILING_NAME].runs.append(
+                pgbench_run(
+                    ceiling_url,
+                    db_batch_script,
+                    HOT_SALE.connections,
+                    args.duration,
+                    per_transaction=BATCH_SIZE,
+                )
             )
     with _ceiling_server(answer, args.instances, args.workers) as ceiling:
         for _ in range(args.runs):
@@ -591,6 +615,26 @@ def _wrk_run(
     return run
 
 
+def _database_time(engine: Engine) -> datetime:
+    with engine.connect() as connection:
+        now: datetime = connection.scalar(sa.text("SELECT clock_timestamp()"))
+    return now
+
+
+def _reservations_per_statement(engine: Engine, since: datetime) -> float:
+    """New reservations per statement that made them since `since`, on average: those of one
+    statement share a creation time (the transaction's)."""
+    with engine.connect() as connection:
+        made, statements = connection.execute(
+            sa.text(
+                "SELECT count(*), count(DISTINCT created_at) FROM reservation"
+                " WHERE created_at >= :since"
+            ),
+            {"since": since},
+        ).one()
+    return float(made / statements) if statements else 0.0
+
+
 def _check(name: str, run: Run, engine: Engine) -> list[str]:
     failures = []
     if run.errors:
@@ -730,8 +774,11 @@ def _check_storm(row: StormMeasured, engine: Engine) -> list[str]:
     return failures
 
 
-def pgbench_run(url: str, script: Path, clients: int, seconds: int) -> Run:
-    """pgbench sending the reservation SQL: the database's ceiling for that work. Its
+def pgbench_run(
+    url: str, script: Path, clients: int, seconds: int, *, per_transaction: int = 1
+) -> Run:
+    """pgbench sending the reservation SQL: the database's ceiling for that work, in
+    reservations per second (`per_transaction` in each of the script's transactions). Its
     per-transaction log goes next to the script."""
     target = make_url(url)
     pgbench = _pgbench_binary()
@@ -758,18 +805,20 @@ def pgbench_run(url: str, script: Path, clients: int, seconds: int) -> Run:
     )
     failed = int(re.search(r"failed transactions: (\d+)", output).group(1))  # type: ignore[union-attr]
     run = Run(
-        requests_per_s=tps,
-        successes_per_s=tps,
+        requests_per_s=tps * per_transaction,
+        successes_per_s=tps * per_transaction,
         p50_ms=percentile(latencies_us, 0.5) / 1000,
         p99_ms=percentile(latencies_us, 0.99) / 1000,
         errors=failed,
         peak_rss_mib=0,
         cpu_ms_per_request=0,
         machine_busy=load.busy,
-        database_cpu_ms_per_request=_per_request_ms(load.database_cpu_s, len(latencies_us)),
+        database_cpu_ms_per_request=_per_request_ms(
+            load.database_cpu_s, len(latencies_us) * per_transaction
+        ),
     )
     print(
-        f"  pgbench: {tps:.0f} transactions/s, p99 {run.p99_ms:.1f} ms, "
+        f"  pgbench: {tps:.0f} transactions/s of {per_transaction}, p99 {run.p99_ms:.1f} ms, "
         f"machine {run.machine_busy:.0%} busy",
         flush=True,
     )
@@ -877,6 +926,17 @@ def _report(
             + f"| {row.median('machine_busy'):.0%} "
             f"| {f'{rss:.0f}' if rss else '-'} |"
         )
+    if HOT_SALE.name in measured:
+        batch_ceiling = measured[DB_BATCH_CEILING_NAME].median("requests_per_s")
+        hot_sale = measured[HOT_SALE.name]
+        lines += [
+            "",
+            f"Hot sale: {hot_sale.median('reservations_per_statement'):.1f} new reservations "
+            f"per statement on average (a worker gathers those of one event that arrive while "
+            f"one runs, up to {BATCH_SIZE}); {hot_sale.median('requests_per_s') / db_ceiling:.2f}"
+            f"x the single-row DB ceiling. The gathered SQL's ceiling is "
+            f"{batch_ceiling / db_ceiling:.1f}x the single-row one (reservations/s).",
+        ]
     if HOLD_SALE.name in measured:
         lines += [
             "",
@@ -926,7 +986,7 @@ def _capacity_figures(
             p99_ms=row.median("p99_ms"),
         )
 
-    single_row = measured[DB_CEILING_NAME]
+    single_row, coalesced = measured[DB_CEILING_NAME], measured[DB_BATCH_CEILING_NAME]
     return capacity.Figures(
         results=str(results.relative_to(BENCH.parent)),
         commit=_revision() or "unknown",
@@ -940,7 +1000,13 @@ def _capacity_figures(
             per_lock=1,
             database_cpu_ms=single_row.median("database_cpu_ms_per_request"),
         ),
-        coalesced=None,
+        coalesced=capacity.Ceiling(
+            reservations_per_s=coalesced.median("requests_per_s"),
+            per_lock=BATCH_SIZE,
+            database_cpu_ms=coalesced.median("database_cpu_ms_per_request"),
+        )
+        if coalesced.runs
+        else None,
     )
 
 

@@ -111,6 +111,34 @@ def test_the_database_ceiling_runs_the_reservation_sql(
     assert invariant_violations(engine) == []
 
 
+@pytest.mark.slow
+def test_the_batched_database_ceiling_runs_the_gathered_reservation_sql(
+    engine: Engine, database_url: str, tmp_path: Path
+) -> None:
+    dataset.load(engine)
+    script = tmp_path / "reserve_together.sql"
+    script.write_text(reservation_sql.pgbench_batch_script(engine, event_id=1, size=4))
+    # The lock, then the statement, in one query with the settings.
+    assert "SET LOCAL timezone = 'UTC' \\; SELECT FROM event WHERE id = 1 FOR UPDATE \\; " in (
+        script.read_text()
+    )
+    run = pgbench_run(database_url, script, clients=4, seconds=1)
+    assert run.errors == 0
+    assert run.requests_per_s > 0
+    with engine.connect() as connection:
+        made = connection.execute(
+            sa.text(
+                "SELECT count(*), count(DISTINCT created_at), sum(quantity) FROM reservation"
+                " WHERE customer_id LIKE 'pgbench-%'"
+            )
+        ).one()
+    # Four in each statement: the capture's own of 3 tickets each, and pgbench's, of 1 and
+    # 2 tickets a pair.
+    assert made[0] == 4 * made[1] > 4
+    assert made[2] == 4 * 3 + (made[1] - 1) * 2 * 3
+    assert invariant_violations(engine) == []
+
+
 def test_the_graphql_floor_executes_the_my_reservations_document() -> None:
     # It raises if the document fails against the schema's types.
     with MachineLoad() as load:

@@ -36,6 +36,7 @@ from ticketing.api.ids import key_of
 from ticketing.db import Database
 from ticketing.domain import booking, errors, events, expiry, waitlist
 from ticketing.domain.actors import Actor
+from ticketing.domain.inventory import Booking
 from ticketing.domain.operation import Operation
 
 CUSTOMERS = ["ann", "ben", "cat"]
@@ -223,6 +224,18 @@ class Model:
             else None
         )
 
+    def reserved(self, reservation: int, event: int, owner: str, quantity: int) -> None:
+        state = self.events[event]
+        state.available -= quantity
+        self.reservations[reservation] = ModelReservation(
+            event,
+            owner,
+            quantity,
+            HELD if state.hold else ACTIVE,
+            None if state.hold is None else self.minutes + state.hold,
+            [("CREATED", quantity, owner, "CUSTOMER")],
+        )
+
     def give_back(self, reservation: int, kind: str, quantity: int, who: str) -> None:
         mine = self.reservations[reservation]
         mine.history.append((kind, quantity, who, self.role(who, mine.event, mine.owner)))
@@ -357,16 +370,53 @@ class BookingMachine(RuleBasedStateMachine):
         assert outcome == expected
         if outcome != "ok":
             return
-        state = trial.events[event]
-        state.available -= quantity
-        trial.reservations[done.reservation.id] = ModelReservation(
-            event,
-            owner,
-            quantity,
-            HELD if state.hold else ACTIVE,
-            None if state.hold is None else trial.minutes + state.hold,
-            [("CREATED", quantity, owner, "CUSTOMER")],
-        )
+        trial.reserved(done.reservation.id, event, owner, quantity)
+        self.commit(trial)
+
+    @rule(
+        event=events_made,
+        asked=st.lists(st.tuples(st.sampled_from(CUSTOMERS), quantities), min_size=1, max_size=5),
+    )
+    def reserve_together(self, event: int, asked: list[tuple[str, int | WhatIsLeft]]) -> None:
+        """Concurrent reservations of one event, decided in one statement as the API gathers
+        them (`Database.run_together`): each as if they came one after the other. With
+        holds to release, it decides nothing and each runs alone, as there. (An invalid
+        quantity always runs alone: `reserve` covers it.)"""
+        gathered = []
+        for owner, amount in asked:
+            quantity = self.model.quantity(event, amount)
+            together = booking.reserve(
+                event_id=event, actor=Actor(owner), quantity=quantity
+            ).together
+            if together is not None:
+                gathered.append((owner, quantity, together))
+        if not gathered:
+            return
+        items = [together.item for _, _, together in gathered]
+        decide_all = gathered[0][2].decide_all
+        answers = self.db.autocommit(lambda session: decide_all(session, items))
+        if self.model.ran_out(event):
+            assert answers is None
+            hypothesis.event("together: each alone")
+            for owner, quantity, _ in gathered:
+                self.reserve(event, owner, quantity, at_once=True)
+            return
+        assert answers is not None
+        trial = copy.deepcopy(self.model)
+        for (owner, quantity, _), answer in zip(gathered, answers, strict=True):
+            expected = (
+                trial.event_refusal(event) or trial.adding_refusal(event, owner, quantity) or "ok"
+            )
+            outcome = "ok" if isinstance(answer, Booking) else type(answer).__name__
+            hypothesis.event(f"together: {outcome}")
+            assert outcome == expected
+            if isinstance(answer, errors.NotEnoughTickets):
+                assert answer == errors.NotEnoughTickets(quantity, trial.events[event].available)
+            if isinstance(answer, errors.CustomerLimitReached):
+                assert answer.held == trial.held(event, owner)
+            if isinstance(answer, Booking):
+                assert answer.reservation.id is not None
+                trial.reserved(answer.reservation.id, event, owner, quantity)
         self.commit(trial)
 
     def change_refusal(self, trial: Model, reservation: int, who: str, quantity: int) -> str | None:
