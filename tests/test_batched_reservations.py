@@ -96,6 +96,18 @@ def test_the_limit_counts_earlier_requests_of_the_same_batch(db: Database, engin
     assert invariant_violations(engine) == []
 
 
+def test_a_huge_quantity_is_refused_without_failing_the_others(
+    db: Database, engine: Engine
+) -> None:
+    key = event_key(engine, capacity=10, max_tickets_per_customer=4)
+    answers = together(db, key, ("a", 2**31 - 1), ("b", 1))
+    assert answers is not None
+    assert [outcome(answer) for answer in answers] == [
+        errors.NotEnoughTickets(requested=2**31 - 1, available=10),
+        ("b", 1),
+    ]
+
+
 def test_refusals_come_in_the_one_order(db: Database, engine: Engine) -> None:
     """Not enough tickets before the limit, as for a reservation alone; a started or
     cancelled event refuses them all, and changes nothing."""

@@ -280,9 +280,8 @@ def _take_together_statement() -> sa.Select[Event, str | None, int, int, Reserva
         sa.null().cast(sa.BigInteger).label("reservation_id"),
     ).where(col(Event.id) == event_id, ~has_expired_holds(col(Event.id)))
     walk = start.cte("walk", recursive=True)
-    held = asked.c.held + sa.func.coalesce(
-        walk.c.taken.op("->>")(asked.c.customer_id).cast(sa.Integer), 0
-    )
+    taken_before = sa.func.coalesce(walk.c.taken.op("->>")(asked.c.customer_id).cast(sa.Integer), 0)
+    held = asked.c.held + taken_before
     # Its event's columns are the walk's: the state left by the requests before it.
     refusal = ClauseAdapter(walk).traverse(
         rules.reservation_refusal(taking=asked.c.quantity, held=held)
@@ -303,11 +302,7 @@ def _take_together_statement() -> sa.Select[Event, str | None, int, int, Reserva
                     granted,
                     walk.c.taken.op("||")(
                         sa.func.jsonb_build_object(
-                            asked.c.customer_id,
-                            sa.func.coalesce(
-                                walk.c.taken.op("->>")(asked.c.customer_id).cast(sa.Integer), 0
-                            )
-                            + asked.c.quantity,
+                            asked.c.customer_id, taken_before + asked.c.quantity
                         )
                     ),
                 ),

@@ -69,6 +69,7 @@ def reservation_refusal(
     which the one-statement reservation meets them. For statements that decide many
     reservations at once, where the `hold_within_limit` CHECK can't refuse one alone."""
     limit = col(Event.max_tickets_per_customer)
+    # Only reached with tickets enough: `held + taking` can't pass the capacity (an int).
     over_limit = sa.and_(limit.is_not(None), held + taking > limit)
     return sa.func.coalesce(
         refusal(taking=taking),
