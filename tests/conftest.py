@@ -121,6 +121,12 @@ def client(settings: Settings, engine: Engine, shared_database: Database) -> Ite
 
 
 @pytest.fixture
+def db(engine: Engine) -> Database:
+    """Runs the domain's operations straight on the test database, without an app."""
+    return Database(engine, max_threads=20)
+
+
+@pytest.fixture
 def database_clock(engine: Engine) -> Iterator[DatabaseClock]:
     made = DatabaseClock(engine)
     yield made

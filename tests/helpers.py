@@ -192,6 +192,13 @@ def insert_event(
     return to_global_id("Event", key)
 
 
+def event_key(engine: Engine, **kwargs: Any) -> int:
+    """`insert_event`'s event, by its key in the database (for the domain's operations)."""
+    key = key_of(insert_event(engine, **kwargs), "Event")
+    assert key is not None
+    return key
+
+
 def start_event_now(engine: Engine, event_id: str) -> None:
     """Move an event's start into the past, as time passing would."""
     with engine.begin() as connection:

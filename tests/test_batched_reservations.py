@@ -13,25 +13,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.helpers import DatabaseClock, insert_event, invariant_violations, snapshot
-from ticketing.api.ids import key_of
+from tests.helpers import DatabaseClock, event_key, invariant_violations, snapshot
 from ticketing.db import Database, DatabaseUnavailable, Gatherer
 from ticketing.domain import booking, errors
 from ticketing.domain.actors import Actor
 from ticketing.domain.inventory import Asked, Booking, take_together
 from ticketing.domain.models import ReservationStatus
 from ticketing.domain.operation import Together
-
-
-@pytest.fixture
-def db(engine: Engine) -> Database:
-    return Database(engine, max_threads=20)
-
-
-def event_key(engine: Engine, **kwargs: object) -> int:
-    key = key_of(insert_event(engine, **kwargs), "Event")  # type: ignore[arg-type]
-    assert key is not None
-    return key
 
 
 def together(db: Database, event_id: int, *asked: tuple[str, int]) -> list[object] | None:

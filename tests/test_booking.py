@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from tests.helpers import insert_event, invariant_violations, snapshot
+from tests.helpers import event_key, invariant_violations, snapshot
 from ticketing.db import Database
 from ticketing.domain import booking, errors, events
 from ticketing.domain.actors import Actor
@@ -21,19 +21,6 @@ from ticketing.domain.models import ReservationStatus
 
 ALICE = Actor("alice")
 OLIVIA = Actor("olivia", is_organizer=True)  # owns the events `insert_event` makes
-
-
-@pytest.fixture
-def db(engine: Engine) -> Database:
-    return Database(engine, max_threads=20)
-
-
-def event_key(engine: Engine, **kwargs: object) -> int:
-    from ticketing.api.ids import key_of
-
-    key = key_of(insert_event(engine, **kwargs), "Event")  # type: ignore[arg-type]
-    assert key is not None
-    return key
 
 
 def test_reserve_then_change_then_cancel(db: Database, engine: Engine) -> None:

@@ -228,11 +228,6 @@ def test_the_sweeper_expires_holds_on_an_event_nobody_touches(
     assert invariant_violations(engine) == []
 
 
-@pytest.fixture
-def db(engine: Engine) -> Database:
-    return Database(engine, max_threads=20)
-
-
 def test_expired_holds_cover_a_reservation_before_any_sweep(
     db: Database, engine: Engine, database_clock: DatabaseClock
 ) -> None:
