@@ -167,6 +167,14 @@ def test_many_clients_never_oversell_or_lose_a_change(
 
     organizer_answers = asyncio.run(main())
     assert set(organizer_answers) <= {"EventPayload", "InvalidEvent"}
+    # Reservations were decided together: some statements took more than one.
+    exposed = httpx.get(f"{server.url}/metrics").text
+    gathered = {
+        line.split()[0]: float(line.split()[1])
+        for line in exposed.splitlines()
+        if line.startswith(("ticketing_batch_size_sum", "ticketing_batch_size_count"))
+    }
+    assert gathered["ticketing_batch_size_sum"] > gathered["ticketing_batch_size_count"] > 0
     assert organizer_answers["EventPayload"] > 0
 
     outcomes = [outcome for client in clients for outcome in client.outcomes]
