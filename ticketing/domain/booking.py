@@ -35,7 +35,8 @@ def reserve(*, event_id: int, actor: Actor, quantity: int) -> Operation[Booking]
     Most attempts are settled by one statement, which may run with each statement committing
     on its own: the hot event's row then stays locked only while PostgreSQL runs it. When
     that statement finds no tickets, the event not on sale or holds that ran out, the
-    transaction decides under the event's lock, after releasing expired holds."""
+    transaction decides under the event's lock, after releasing expired holds. Concurrent
+    reservations of one event may instead be decided together, in one statement."""
     customer_id = actor.customer_id
     return Operation(
         in_transaction=partial(_reserve_locked, event_id, customer_id, quantity),
