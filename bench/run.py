@@ -986,7 +986,7 @@ def _capacity_figures(
             p99_ms=row.median("p99_ms"),
         )
 
-    single_row, coalesced = measured[DB_CEILING_NAME], measured[DB_BATCH_CEILING_NAME]
+    single_row, coalesced = measured[DB_CEILING_NAME], measured.get(DB_BATCH_CEILING_NAME)
     return capacity.Figures(
         results=str(results.relative_to(BENCH.parent)),
         commit=_revision() or "unknown",
@@ -1005,7 +1005,7 @@ def _capacity_figures(
             per_lock=BATCH_SIZE,
             database_cpu_ms=coalesced.median("database_cpu_ms_per_request"),
         )
-        if coalesced.runs
+        if coalesced and coalesced.runs
         else None,
     )
 

@@ -25,6 +25,8 @@ from sqlalchemy.engine import Engine
 
 from bench import capacity, dataset, graphql_floor, live, reservation_sql
 from bench.run import (
+    BATCH_SIZE,
+    DB_BATCH_CEILING_NAME,
     DB_CEILING_NAME,
     HOLD_SALE,
     HOT_SALE,
@@ -352,4 +354,10 @@ def test_a_run_that_measured_it_all_gives_the_capacity_figures(engine: Engine) -
     assert figures is not None
     assert figures.results == "bench/results/x.md"
     assert (figures.hot_sale.server_cpu_ms, figures.single_row.reservations_per_s) == (2.0, 800)
+    assert figures.coalesced is None
+    assert capacity.Figures.from_json(figures.to_json()) == figures
+    rows[DB_BATCH_CEILING_NAME] = measured(DB_BATCH_CEILING_NAME, 8000, 0.0)
+    figures = _capacity_figures(rows, engine, results)
+    assert figures is not None
+    assert figures.coalesced == capacity.Ceiling(8000, per_lock=BATCH_SIZE, database_cpu_ms=0.1)
     assert capacity.Figures.from_json(figures.to_json()) == figures
