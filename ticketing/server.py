@@ -29,12 +29,16 @@ import socket
 import termios
 from array import array
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import httptools
 from uvicorn._types import ASGISendEvent
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
@@ -144,6 +148,9 @@ class HttpProtocol(HttpToolsProtocol):
         self.head_bytes = self.head_deadline = None
         self.header_field_bytes = 0
         super().on_headers_complete()
+        # None, or the last request's, when the connection upgrades (a WebSocket).
+        if self.cycle is not None and self.cycle.transport is self.transport:
+            _write_responses_whole(self.cycle)
 
     def on_message_complete(self) -> None:
         self.head_bytes = 0
@@ -198,6 +205,55 @@ class HttpProtocol(HttpToolsProtocol):
             self.transport.close()
         else:
             self.head_timer = self.loop.call_at(self.head_deadline, self._check_head_deadline)
+
+
+class _WholeResponses:
+    """A request-response cycle's transport that holds the response head (status line and
+    headers) back until the body's first write, and sends both in one write: uvicorn writes
+    them apart, which cost a small answer a second send() and TCP segment (the head's write
+    was 7-12% of a request's CPU in the benchmark's profiles)."""
+
+    __slots__ = ("_cycle", "_head", "_head_seen", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
+        self._transport, self._cycle = transport, cycle
+        self._head: bytes | None = None
+        self._head_seen = False
+
+    def write(self, data: bytes) -> None:
+        # The head is the first write once the response has started (a "100 Continue" is
+        # written before, and must go at once: the client waits for it to send its body).
+        if not self._head_seen and self._cycle.response_started:
+            self._head_seen, self._head = True, data
+            return
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        """Sends a head still held back: a response with no body to write (HEAD)."""
+        if self._head is not None:
+            self._transport.write(self._head)
+            self._head = None
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+
+def _write_responses_whole(cycle: RequestResponseCycle) -> None:
+    transport = _WholeResponses(cycle.transport, cycle)
+    cycle.transport = cast(asyncio.Transport, transport)
+    completed = cycle.on_response
+
+    def on_response() -> None:
+        transport.flush()
+        completed()
+
+    cycle.on_response = on_response
 
 
 def _has_unread_data(transport: asyncio.BaseTransport) -> bool:
