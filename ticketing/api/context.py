@@ -18,6 +18,7 @@ from ticketing.db import Database
 from ticketing.domain import catalog
 from ticketing.domain.actors import Actor
 from ticketing.domain.models import Event, Reservation, ReservationChange, WaitlistEntry
+from ticketing.domain.rows import EventRow
 
 if TYPE_CHECKING:
     from ticketing.live.hub import Hub
@@ -118,7 +119,7 @@ class Loaders:
         self._db = db
 
     @cached_property
-    def event(self) -> DataLoader[int, Event | None]:
+    def event(self) -> DataLoader[int, EventRow | None]:
         return DataLoader(self._load_events)
 
     @cached_property
@@ -154,7 +155,7 @@ class Loaders:
         assert fresh_event.id is not None
         self.event.prime(fresh_event.id, fresh_event)
 
-    async def _load_events(self, ids: list[int]) -> list[Event | None]:
+    async def _load_events(self, ids: list[int]) -> list[EventRow | None]:
         found = await self._db.run_autocommit(_bound(catalog.events_by_id, ids))
         return [found.get(key) for key in ids]
 

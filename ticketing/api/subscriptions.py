@@ -12,6 +12,7 @@ from ticketing.api.errors import ErrorCode, request_error
 from ticketing.api.ids import key_of
 from ticketing.api.types import Event, Reservation
 from ticketing.domain import catalog, models
+from ticketing.domain.rows import EventRow
 from ticketing.live.hub import Hub
 
 MAX_EVENTS_WATCHED = 100
@@ -92,7 +93,7 @@ async def _watch_events(info: Info, ids: list[strawberry.ID]) -> AsyncGenerator[
             yield event
 
 
-def _present_reservation(rows: tuple[models.Reservation, models.Event]) -> Reservation:
+def _present_reservation(rows: tuple[models.Reservation, EventRow]) -> Reservation:
     return Reservation.from_model(*rows)
 
 

@@ -23,11 +23,12 @@ from ticketing.api.pagination import (
     page_size,
 )
 from ticketing.domain import catalog, models
+from ticketing.domain.rows import EventRow, ReservationRow
 
 if TYPE_CHECKING:
     from ticketing.api.waitlist import WaitlistEntry
 
-RowT = TypeVar("RowT", models.Reservation, models.WaitlistEntry)
+RowT = TypeVar("RowT", ReservationRow, models.WaitlistEntry)
 NodeT = TypeVar("NodeT")
 
 
@@ -156,7 +157,7 @@ class Event(Node):
     updated_at: datetime = strawberry.field(description="When the event last changed.")
 
     @classmethod
-    def from_model(cls, event: models.Event) -> Event:
+    def from_model(cls, event: EventRow) -> Event:
         assert event.id is not None
         assert event.created_at is not None
         assert event.updated_at is not None
@@ -242,7 +243,7 @@ class Reservation(Node):
     event: Event = strawberry.field(description="The event the tickets are for.")
 
     @classmethod
-    def from_model(cls, reservation: models.Reservation, event: models.Event) -> Reservation:
+    def from_model(cls, reservation: ReservationRow, event: EventRow) -> Reservation:
         """With its event, which every caller has at hand: a plain field resolves a whole page
         of reservations without an awaitable per item."""
         assert reservation.id is not None
@@ -320,7 +321,7 @@ async def event_rows_connection(
     after: str | None,
     page: Callable[[Session, int | None, int], Sequence[RowT]],
     count: Callable[[Session], int],
-    to_node: Callable[[RowT, models.Event], NodeT],
+    to_node: Callable[[RowT, EventRow], NodeT],
 ) -> Connection[NodeT]:
     """A page of rows that each belong to an event (reservations, waitlist entries), listed by
     id: `page(session, after_id, limit)` reads them, their events come in the same round trip
@@ -328,7 +329,7 @@ async def event_rows_connection(
     size = page_size(first)
     after_id = id_position(after) if after is not None else None
 
-    def rows_and_events(session: Session) -> tuple[Sequence[RowT], dict[int, models.Event]]:
+    def rows_and_events(session: Session) -> tuple[Sequence[RowT], dict[int, EventRow]]:
         rows = page(session, after_id, size + 1)
         return rows, catalog.events_by_id(session, sorted({row.event_id for row in rows}))
 
@@ -344,10 +345,10 @@ async def event_rows_connection(
 
 def event_rows_page(
     rows: Sequence[RowT],
-    events: Mapping[int, models.Event],
+    events: Mapping[int, EventRow],
     size: int,
     *,
-    to_node: Callable[[RowT, models.Event], NodeT],
+    to_node: Callable[[RowT, EventRow], NodeT],
     count: Callable[[], Awaitable[int]],
     after_given: bool,
 ) -> Connection[NodeT]:

@@ -26,6 +26,7 @@ from ticketing.api.pagination import Connection
 from ticketing.api.types import Event, Node, Reservation, event_rows_connection
 from ticketing.domain import catalog, models, waitlist
 from ticketing.domain.operation import Operation
+from ticketing.domain.rows import EventRow
 
 
 @strawberry.enum(description="Where a waitlist entry stands.")
@@ -61,7 +62,7 @@ class WaitlistEntry(Node):
     reservation_key: strawberry.Private[int | None]
 
     @classmethod
-    def from_model(cls, entry: models.WaitlistEntry, event: models.Event) -> WaitlistEntry:
+    def from_model(cls, entry: models.WaitlistEntry, event: EventRow) -> WaitlistEntry:
         assert entry.id is not None
         assert entry.created_at is not None
         return cls(

@@ -27,6 +27,7 @@ from ticketing.domain.models import (
     WaitlistEntry,
     WaitlistStatus,
 )
+from ticketing.domain.rows import EventRow, ReservationRow
 
 SortKey = tuple[Any, int]
 
@@ -83,8 +84,8 @@ def count_events(session: Session, where: EventFilter) -> int:
     )
 
 
-def events_by_id(session: Session, ids: Sequence[int]) -> dict[int, Event]:
-    events = session.exec(select(Event).where(col(Event.id).in_(ids))).all()
+def events_by_id(session: Session, ids: Sequence[int]) -> dict[int, EventRow]:
+    events = _rows(session, _table(Event).where(col(Event.id).in_(ids)))
     return {event.id: event for event in events if event.id is not None}
 
 
@@ -96,14 +97,14 @@ def list_reservations(
     status: ReservationStatus | None = None,
     after_id: int | None = None,
     limit: int,
-) -> Sequence[Reservation]:
+) -> Sequence[ReservationRow]:
     """Newest first."""
-    query = select(Reservation).where(
+    query = _table(Reservation).where(
         *_equal(Reservation, customer_id=customer_id, event_id=event_id, status=status)
     )
     if after_id is not None:
         query = query.where(col(Reservation.id) < after_id)
-    return session.exec(query.order_by(col(Reservation.id).desc()).limit(limit)).all()
+    return _rows(session, query.order_by(col(Reservation.id).desc()).limit(limit))
 
 
 def count_reservations(
@@ -281,6 +282,16 @@ def _event_conditions(where: EventFilter) -> list[sa.ColumnElement[bool]]:
 def _equal(table: type[SQLModel], **wanted: object) -> list[sa.ColumnElement[bool]]:
     """Conditions that the given columns equal their values; None means any value."""
     return [getattr(table, name) == value for name, value in wanted.items() if value is not None]
+
+
+def _table(model: type[SQLModel]) -> sa.Select[Any]:
+    """A query of the model's table whose rows are Core rows, not ORM objects."""
+    return sa.select(*model.__table__.columns)  # type: ignore[attr-defined]
+
+
+def _rows(session: Session, query: sa.Select[Any]) -> Sequence[Any]:
+    """The Core rows of `query`: their attributes are its columns."""
+    return session.connection().execute(query).all()
 
 
 def _count(session: Session, query: Any) -> int:

@@ -23,7 +23,8 @@ from sqlmodel import Session
 
 from ticketing.db import Database, DatabaseUnavailable
 from ticketing.domain import catalog
-from ticketing.domain.models import Event, Reservation
+from ticketing.domain.models import Reservation
+from ticketing.domain.rows import EventRow
 from ticketing.live.mailbox import Mailbox, Present
 from ticketing.logs import Outage
 
@@ -173,7 +174,7 @@ class Hub:
         return self._last_read.get(key, 0) + MIN_INTERVAL_S <= now
 
     async def _deliver(self, event_ids: list[int], reservation_ids: list[int]) -> None:
-        def read(session: Session) -> tuple[dict[int, Event], dict[int, Reservation]]:
+        def read(session: Session) -> tuple[dict[int, EventRow], dict[int, Reservation]]:
             reservations = catalog.reservations_by_id(session, reservation_ids)
             wanted = set(event_ids) | {r.event_id for r in reservations.values()}
             return catalog.events_by_id(session, sorted(wanted)), reservations
