@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 
 from tests.graphql_documents import create_reservation, mutation
 from tests.helpers import auth, data, insert_event
+from ticketing.api import pagination
 from ticketing.api.types import Event, Reservation
 from ticketing.domain import catalog, models
 
@@ -120,3 +121,21 @@ def test_the_page_answers_as_the_orm_objects_did(
     monkeypatch.setattr(catalog, "list_reservations", reservations_as_objects)
     from_objects = client.post("/graphql", json={"query": MINE}, headers=auth("alice")).content
     assert from_rows == from_objects
+
+
+def test_a_page_encodes_only_the_cursors_asked_for(
+    client: TestClient, reservations: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoded: list[object] = []
+    encode = pagination.encode_cursor
+
+    def counting_encode(position: Any) -> str:
+        encoded.append(position)
+        return encode(position)
+
+    monkeypatch.setattr(pagination, "encode_cursor", counting_encode)
+    query = "{ myReservations { edges { node { quantity } } pageInfo { endCursor } } }"
+    data(client, query, headers=auth("alice"))
+    assert len(encoded) <= 2  # the page's first and last, for its pageInfo
+    page = data(client, MINE, headers=auth("alice"))["myReservations"]
+    assert page["pageInfo"]["endCursor"] == page["edges"][-1]["cursor"]

@@ -51,10 +51,19 @@ class PageInfo:
     )
 
 
+def _edge_cursor(root: Edge[Any]) -> str:
+    return encode_cursor(root.position)
+
+
 @strawberry.type(description="One item of a connection with its cursor.")
 class Edge(Generic[NodeT]):
-    cursor: str = strawberry.field(description="An opaque position to paginate from.")
+    # Encoded when asked for: most pages ask for the cursors of none of their edges, and
+    # encoding each took about a third of the CPU of building a page.
+    cursor: str = strawberry.field(
+        resolver=_edge_cursor, description="An opaque position to paginate from."
+    )
     node: NodeT = strawberry.field(description="The item.")
+    position: strawberry.Private[Sequence[Any]]
 
 
 @strawberry.type(
@@ -119,14 +128,14 @@ def build_connection(
 ) -> Connection[NodeT]:
     """`rows` holds up to page_size + 1 rows: the extra one only tells that more follow."""
     page = rows[:page_size]
-    edges = [Edge(cursor=encode_cursor(position_of(row)), node=to_node(row)) for row in page]
+    edges = [Edge(position=position_of(row), node=to_node(row)) for row in page]
     return Connection(
         edges=edges,
         page_info=PageInfo(
             has_next_page=len(rows) > page_size,
             has_previous_page=after_given,
-            start_cursor=edges[0].cursor if edges else None,
-            end_cursor=edges[-1].cursor if edges else None,
+            start_cursor=encode_cursor(edges[0].position) if edges else None,
+            end_cursor=encode_cursor(edges[-1].position) if edges else None,
         ),
         count=count,
     )
