@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,7 @@ from tests.helpers import (
     make_settings,
     snapshot,
 )
+from ticketing import auth as auth_module
 from ticketing import cli
 from ticketing.app import create_app
 from ticketing.settings import get_settings
@@ -472,3 +474,51 @@ def test_token_command_refuses_lifetimes_the_service_would_refuse(
     printed = capsys.readouterr()
     assert printed.out == ""
     assert "at most 24" in printed.err
+
+
+def verified_rules() -> auth_module.TokenRules:
+    return auth_module.TokenRules(secret=JWT_SECRET, max_lifetime=timedelta(hours=24))
+
+
+def test_a_token_is_verified_once_per_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = verified_rules()
+    decoded: list[str] = []
+    decode = jwt.decode
+
+    def counting_decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(token)
+        return decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    header = auth("alice")["Authorization"]
+    first = auth_module.authenticate(header, rules)
+    assert auth_module.authenticate(header, rules) == first
+    assert first is not None
+    assert first.customer_id == "alice"
+    assert len(decoded) == 1
+
+
+def test_a_verified_token_is_refused_once_it_expires() -> None:
+    rules = verified_rules()
+    skew = auth_module.CLOCK_SKEW.total_seconds()
+    # Valid for about a second more, the tolerated clock skew included.
+    expires = int(time.time() - skew) + 2
+    claims = {"sub": "alice", "iat": expires - 600, "exp": expires}
+    header = "Bearer " + jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+    assert auth_module.authenticate(header, rules) is not None
+    while time.time() - skew <= expires:
+        time.sleep(0.1)
+    with pytest.raises(auth_module.AuthenticationError, match="expired"):
+        auth_module.authenticate(header, rules)
+
+
+def test_refused_tokens_are_not_kept() -> None:
+    rules = verified_rules()
+    header = "Bearer " + jwt.encode(
+        {"sub": "alice", "iat": datetime.now(UTC), "exp": datetime.now(UTC) + timedelta(hours=1)},
+        "another secret of a decent length, 32 bytes or more",
+        algorithm="HS256",
+    )
+    for _ in range(2):
+        with pytest.raises(auth_module.AuthenticationError, match="invalid"):
+            auth_module.authenticate(header, rules)
