@@ -1,8 +1,10 @@
-"""Read-only views of table rows, which the ORM models and SQLAlchemy Core rows both fit.
+"""Read-only views of table rows, which the ORM models and the named tuples of the hot reads
+both fit.
 
-The hot reads (a page of reservations and their events) select Core rows: loading ORM
-objects cost them about three times the CPU (identity map, instance state, attribute
-instrumentation), for objects that are only ever read."""
+The hot reads (a page of reservations and their events) select Core rows and read them as
+named tuples of the columns (see `catalog._Rows`): loading ORM objects cost them about
+three times the CPU (identity map, instance state, attribute instrumentation), for objects
+that are only ever read."""
 
 from __future__ import annotations
 
