@@ -143,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
     # lets exit handlers run, and one of them stops the embedded PostgreSQL.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     uvicorn.run(
-        "ticketing.app:create_app",
+        "ticketing.server:serving_app",
         factory=True,
         http="ticketing.server:HttpProtocol",
         ws="ticketing.server:WebSocketProtocol",

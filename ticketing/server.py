@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import json
 import logging
 import socket
@@ -32,6 +33,7 @@ from http import HTTPStatus
 from typing import Any, cast
 
 import httptools
+from starlette.applications import Starlette
 from uvicorn._types import ASGISendEvent
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import (
@@ -43,10 +45,35 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 
 from ticketing.api.errors import ErrorCode
+from ticketing.app import create_app
 from ticketing.http import error_document, url_too_long_message
 from ticketing.settings import get_settings
 
 logger = logging.getLogger(__name__)
+
+# Allocations, less deallocations, between two collections of the youngest generation (the
+# default is 700): a request allocates thousands of objects, nearly all freed when it ends.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def serving_app() -> Starlette:
+    """The app as each worker process of `ticketing serve` runs it.
+
+    What exists once the app is made (modules, the schema, settings) lives as long as the
+    process: it is frozen out of the cyclic garbage collector, whose full collections walked
+    all of it again and again, and the young generation is collected less often. Collecting
+    took about 12% of a worker's CPU under the benchmark's load."""
+    app = create_app()
+    collect_for_serving()
+    return app
+
+
+def collect_for_serving() -> None:
+    """Freezes what exists (once its garbage is collected) and collects the young less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
 
 # Room in a request head for what isn't URL or header names and values: the method, the
 # HTTP version, and the separators and line ends around each field.

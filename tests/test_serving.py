@@ -1,15 +1,18 @@
-"""Each HTTP response leaves in one write, head and body together (ticketing/server.py)."""
+"""How `ticketing serve` runs its workers (ticketing/server.py): each response leaves in one write,
+head and body together, and what a worker made before serving is frozen out of the garbage
+collector."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from ticketing.server import HttpProtocol
+from ticketing.server import GC_YOUNG_THRESHOLD, HttpProtocol, collect_for_serving
 
 BODY = b'{"data":{"ok":true}}'
 
@@ -112,3 +115,17 @@ def test_100_continue_is_written_before_the_body_arrives() -> None:
     assert before_body == [b"HTTP/1.1 100 Continue\r\n\r\n"]
     assert len(after_body) == 2
     assert after_body[1].endswith(b"\r\n\r\nhello")
+
+
+def test_a_worker_freezes_what_it_made_before_serving() -> None:
+    """The collector no longer walks what a worker made before serving (ticketing/server.py)."""
+    threshold = gc.get_threshold()
+    made_before: list[object] = []
+    try:
+        collect_for_serving()
+        assert gc.get_freeze_count() > 0
+        assert not any(found is made_before for found in gc.get_objects())
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
