@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from tests.graphql_documents import CANCEL_EVENT
 from tests.helpers import ORGANIZER, insert_event, make_settings, snapshot
-from ticketing import graphiql
+from ticketing import graphiql, http
 from ticketing.app import create_app
 from ticketing.domain import catalog
 
@@ -572,3 +572,18 @@ def test_readyz_is_503_when_the_database_is_missing_while_healthz_stays_ok(
         health = unready.get("/healthz")
         assert health.status_code == 200
         assert health.json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"data": {"text": ['a"b\\c', "\x00\x01\x1f\x7f\x80", "\n\r\t\b\f", "\u2028\u2029"]}},
+        {"data": {"text": ["é漢字🎉", "</script>", "\ud7ff\ue000\uffff", ""]}},
+        {"data": {"ints": [0, -1, 2**31, 2**53, -(2**63), 2**64 - 1], "more": [True, None]}},
+        # Beyond what orjson writes: the standard library's encoder writes it.
+        {"errors": [{"message": "big", "extensions": {"max": 2**70}}]},
+    ],
+)
+def test_answers_are_encoded_as_the_standard_library_encodes_them(body: dict[str, Any]) -> None:
+    expected = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    assert http._encoded(body) == expected.encode("utf-8")

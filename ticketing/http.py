@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from graphql import GraphQLError, get_operation_ast, parse
 from graphql import OperationType as DocumentOperation
 from starlette.requests import ClientDisconnect, Request
@@ -509,6 +510,17 @@ def error_document(message: str, code: ErrorCode) -> dict[str, Any]:
     return {"errors": [{"message": message, "extensions": {"code": code.value}}]}
 
 
+def _encoded(body: dict[str, Any]) -> bytes:
+    """The body as compact UTF-8 JSON. orjson writes what the standard library writes (with
+    ensure_ascii=False) in about a tenth of the time; it refuses integers beyond 64 bits,
+    which the standard library writes, and lone surrogates, which it refuses too."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        encoded = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return encoded.encode("utf-8")
+
+
 def _json_answer(
     body: dict[str, Any],
     status: int,
@@ -520,10 +532,9 @@ def _json_answer(
     operation: str | None = None,
     operation_type: str | None = None,
 ) -> Answer:
-    encoded = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     return Answer(
         status=status,
-        body=encoded.encode("utf-8"),
+        body=_encoded(body),
         headers={
             "Content-Type": f"{media_type}; charset=utf-8",
             "Vary": "Accept",
